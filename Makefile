@@ -1,0 +1,42 @@
+# pscl - `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONSTRAINTS := requirements/constraints.txt
+PIP := $(PY) -m pip install -q -c $(CONSTRAINTS)
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-slow test-all bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing pscl and its pinned dependencies into $(VENV) (first time: a few minutes)"
+	$(PIP) torch==2.14.1 torchvision==0.29.1
+	$(PIP) -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv (if absent) and install pscl with the tested versions
+
+run: install ## the main job: a 1-shot experiment on the embedded synthetic data (2 CPU cores, minutes)
+	$(VENV)/bin/pscl-train experiment=quick
+
+test: install ## the test suite (no slow tests; < 10 minutes on 2 cores)
+	$(PY) -m pytest
+
+test-slow: install ## the slow end-to-end tests only
+	$(PY) -m pytest -m slow
+
+test-all: install ## every test
+	$(PY) -m pytest -m "slow or not slow"
+
+lock: install ## rewrite the constraints file from the installed versions
+	@(echo "# Tested versions (pip constraints), used by make and CI. Regenerate with: make lock"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^pscl') > $(CONSTRAINTS)
+
+clean: ## remove caches (keeps .venv and logs/)
+	rm -rf .pytest_cache build src/*.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,238 @@
+"""One LightningDataModule for pretraining and fine-tuning on a micrograph data folder.
+
+It indexes the folder (:mod:`pscl.data.index`), checks every annotated file once, picks the
+annotated subset of the round (``num_labeled``, ``label_seed``) and serves
+
+* ``train_dataloader`` - random crops of the annotated subset (fine-tuning / supervised);
+* ``val_dataloader`` - whole images of the ``val`` split, only when the folder defines one;
+* ``test_dataloader`` - whole images of the ``test`` split (batch 1: sizes may differ);
+* ``unlabeled_dataloader`` - the pretraining pool (all train images plus ``unlabeled/``).
+
+The data module knows nothing about methods: what a pretraining item holds is decided by the
+``views`` callable a pretraining method hands to :meth:`unlabeled_dataloader`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from torch.utils.data import DataLoader
+
+from pscl.data.datasets import LabeledDataset, UnlabeledDataset
+from pscl.data.index import DatasetIndex, index_dataset
+from pscl.data.io import read_image, read_mask
+from pscl.data.splits import parse_num_labeled, select_labeled
+from pscl.data.transforms import test_transform, train_transform
+from pscl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+class MicrographDataModule(pl.LightningDataModule):
+    """Micrograph data for every stage; see the module docstring."""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        synthetic: Mapping[str, Any] | None = None,
+        cache_dir: str | Path = "~/.cache/pscl",
+        layout: str = "auto",
+        in_channels: int = 1,
+        num_labeled: int | str = 1,
+        label_seed: int = 0,
+        split_seed: int = 0,
+        test_fraction: float = 0.2,
+        val_fraction: float = 0.0,
+        crop_size: int | None = 256,
+        batch_size: int = 4,
+        samples_per_epoch: int = 64,
+        test_batch_size: int = 1,
+        unlabeled_batch_size: int = 8,
+        jitter: float = 0.1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if root is None and synthetic is None:
+            raise ConfigError("data.root", "no data folder given", "set data.root=/path/to/folder or use data=synthetic")
+        if in_channels not in (1, 3):
+            raise ConfigError("data.in_channels", f"must be 1 or 3, got {in_channels}")
+        if crop_size is not None and int(crop_size) < 8:
+            raise ConfigError("data.crop_size", f"must be >= 8 pixels or null (whole image), got {crop_size}")
+        for key, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch),
+                           ("test_batch_size", test_batch_size), ("unlabeled_batch_size", unlabeled_batch_size)):
+            if int(value) < 1:
+                raise ConfigError(f"data.{key}", f"must be >= 1, got {value}")
+        parse_num_labeled(num_labeled)  # fail early on a malformed value
+        self.save_hyperparameters(logger=False)
+        self.root = Path(root).expanduser() if root is not None else None
+        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.index: DatasetIndex | None = None
+        self.labeled_ids: tuple[str, ...] = ()
+        self.mean: tuple[float, ...] = ()
+        self.std: tuple[float, ...] = ()
+        self._images: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}
+
+    # ---------------------------------------------------------------- preparation
+    def prepare_data(self) -> None:
+        """Generate the embedded synthetic dataset once (rank 0 only, cached on disk)."""
+        if self.root is None:
+            self.root = self._synthetic_root(generate=True)
+
+    def _synthetic_root(self, generate: bool) -> Path:
+        from pscl.data.synthetic import SyntheticSpec, ensure_dataset
+
+        spec_kwargs = {k: tuple(v) if k == "counts" else v for k, v in (self.synthetic or {}).items()}
+        try:
+            spec = SyntheticSpec(**spec_kwargs)
+        except TypeError as exc:
+            raise ConfigError("data.synthetic", str(exc), "valid keys: counts, size, seed, test_fraction") from None
+        if generate:
+            return ensure_dataset(self.cache_dir, spec)
+        return self.cache_dir / spec.cache_key()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index and check the folder, load the annotated images, pick this round's labels."""
+        if self.index is not None:
+            return
+        if self.root is None:
+            self.root = self._synthetic_root(generate=True)
+        hp = self.hparams
+        self.index = index_dataset(self.root, hp.layout, split_seed=hp.split_seed,
+                                   test_fraction=hp.test_fraction, val_fraction=hp.val_fraction)
+        self._load_annotated()
+        self.labeled_ids = select_labeled(self.index.train_ids, hp.num_labeled, hp.label_seed,
+                                          self.index.labeled_presets)
+        self._check_crop_size()
+        self.mean, self.std = self._intensity_stats(self.index.train_ids)
+        if hp.class_weights is not None and len(hp.class_weights) != self.num_classes:
+            raise ConfigError("data.class_weights",
+                              f"lists {len(hp.class_weights)} weights but the dataset has {self.num_classes} classes "
+                              f"({', '.join(self.class_names)})",
+                              "give one weight per class, or null for equal weights")
+        log.info("data %s: %d train (%d annotated for this round: %s), %d val, %d test, %d extra unlabelled",
+                 self.root, len(self.index.train_ids), len(self.labeled_ids), ", ".join(self.labeled_ids[:5]),
+                 len(self.index.val_ids), len(self.index.test_ids), len(self.index.unlabeled))
+
+    def _load_annotated(self) -> None:
+        """Read every annotated image and mask once; all file problems surface here, before training."""
+        assert self.index is not None
+        used = set(self.index.train_ids) | set(self.index.val_ids) | set(self.index.test_ids)
+        for sample_id in sorted(used):
+            sample = self.index.samples[sample_id]
+            image = read_image(sample.image, self.hparams.in_channels)
+            assert sample.mask is not None
+            mask = read_mask(sample.mask, self.num_classes, image.shape[:2], sample.image)
+            self._images[sample_id], self._masks[sample_id] = image, mask
+
+    def _check_crop_size(self) -> None:
+        crop = self.hparams.crop_size
+        if crop is None:
+            shapes = {self._images[i].shape[:2] for i in self.labeled_ids}
+            if len(shapes) > 1 and self.hparams.batch_size > 1:
+                raise ConfigError("data.crop_size", "is null (whole images) but the annotated images differ in size",
+                                  "set data.crop_size to a size no larger than the smallest image, or data.batch_size=1")
+            return
+        for sample_id in self.labeled_ids:
+            h, w = self._images[sample_id].shape[:2]
+            if crop > min(h, w):
+                raise ConfigError(
+                    "data.crop_size",
+                    f"{crop} is larger than the annotated image {self.index.samples[sample_id].image} ({w}x{h})",
+                    f"set data.crop_size<={min(h, w)} or data.crop_size=null to train on whole images",
+                )
+
+    def _intensity_stats(self, ids: Sequence[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std over the train images (labels are not used)."""
+        stack = np.concatenate([self._images[i].reshape(-1, self._images[i].shape[-1]) for i in ids])
+        mean, std = stack.mean(axis=0), stack.std(axis=0)
+        return tuple(float(m) for m in mean), tuple(float(max(s, 1e-6)) for s in std)
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        self._require_setup()
+        return self.index.class_names  # type: ignore[union-attr]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.hparams.in_channels)
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        self._require_setup()
+        return self.index.groups()  # type: ignore[union-attr]
+
+    def _require_setup(self) -> None:
+        if self.index is None:
+            raise RuntimeError("call setup() first")
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        workers = int(self.hparams.num_workers)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=workers, pin_memory=bool(self.hparams.pin_memory),
+                          persistent_workers=workers > 0)
+
+    def labeled_dataset(self) -> LabeledDataset:
+        """Random crops of this round's annotated images, ``samples_per_epoch`` per epoch."""
+        self._require_setup()
+        hp = self.hparams
+        ids = self.labeled_ids
+        return LabeledDataset([self._images[i] for i in ids], [self._masks[i] for i in ids], ids,
+                              train_transform(hp.crop_size, self.mean, self.std, hp.jitter),
+                              length=max(int(hp.samples_per_epoch), len(ids)))
+
+    def whole_image_dataset(self, ids: Sequence[str]) -> LabeledDataset:
+        """Whole images with masks, normalised only."""
+        self._require_setup()
+        return LabeledDataset([self._images[i] for i in ids], [self._masks[i] for i in ids], list(ids),
+                              test_transform(self.mean, self.std))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.labeled_dataset(), int(self.hparams.batch_size), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self._require_setup()
+        if not self.index.val_ids:  # type: ignore[union-attr]
+            return []
+        return self._loader(self.whole_image_dataset(self.index.val_ids), 1, shuffle=False)  # type: ignore[union-attr]
+
+    def test_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.whole_image_dataset(self.index.test_ids),  # type: ignore[union-attr]
+                            int(self.hparams.test_batch_size), shuffle=False)
+
+    def unlabeled_dataset(self, views: Callable[[np.ndarray], dict]) -> UnlabeledDataset:
+        """The pretraining pool: every train image (labels unused) plus ``unlabeled/``."""
+        self._require_setup()
+        index = self.index
+        assert index is not None
+        samples = [index.samples[i] for i in index.train_ids] + list(index.unlabeled)
+        groups = {g: k for k, g in enumerate(index.groups())}
+        return UnlabeledDataset(
+            [s.image for s in samples], [s.id for s in samples],
+            [groups.get(s.group, -1) if s.group is not None else -1 for s in samples],
+            views, self.in_channels, cache=self._images,
+        )
+
+    def unlabeled_dataloader(self, views: Callable[[np.ndarray], dict]) -> DataLoader:
+        return self._loader(self.unlabeled_dataset(views), int(self.hparams.unlabeled_batch_size),
+                            shuffle=True, drop_last=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointed facts: the round's annotated ids and the normalisation used in training."""
+        return {"labeled_ids": list(self.labeled_ids), "mean": list(self.mean), "std": list(self.std)}
+

@@ -1,0 +1,73 @@
+"""Torch datasets over micrographs already indexed (and, for annotated ones, loaded)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pscl.data.io import read_image
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, C) float array -> (C, H, W) float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+class LabeledDataset(Dataset):
+    """Annotated micrographs; ``length`` > number of images cycles them (each draw a new random crop).
+
+    Items: ``image`` (C, H, W) float, ``mask`` (H, W) long (255 = ignore), ``id`` str.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], ids: Sequence[str],
+                 transform: Callable[..., dict], length: int | None = None) -> None:
+        if not (len(images) == len(masks) == len(ids)) or not images:
+            raise ValueError("images, masks and ids must be non-empty and of equal length")
+        self.images, self.masks, self.ids = list(images), list(masks), list(ids)
+        self.transform = transform
+        self.length = length if length is not None else len(images)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        j = index % len(self.images)
+        out = self.transform(image=self.images[j], mask=self.masks[j])
+        return {
+            "image": _to_tensor(out["image"]),
+            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
+            "id": self.ids[j],
+        }
+
+
+class UnlabeledDataset(Dataset):
+    """Micrographs for pretraining, read lazily (an unlabelled pool may not fit in memory).
+
+    ``views`` turns one (H, W, C) image into a dict of named tensors (e.g. two augmented views
+    ``x0``, ``x1`` and their geometry); items add ``id`` and the ``group`` index (-1 if unknown).
+    """
+
+    def __init__(self, paths: Sequence[Path], ids: Sequence[str], group_index: Sequence[int],
+                 views: Callable[[np.ndarray], dict], in_channels: int = 1,
+                 cache: dict[str, np.ndarray] | None = None) -> None:
+        self.paths, self.ids, self.group_index = list(paths), list(ids), list(group_index)
+        self.views = views
+        self.in_channels = in_channels
+        self.cache = cache or {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        key = self.ids[index]
+        image = self.cache.get(key)
+        if image is None:
+            image = read_image(self.paths[index], self.in_channels)
+        item = dict(self.views(image))
+        item["id"] = key
+        item["group"] = self.group_index[index]
+        return item

@@ -1,0 +1,176 @@
+"""``pscl-train``: the Hydra entry point, and :func:`train`, the plain function behind it.
+
+``train(cfg)`` builds the data module, the backbone and the method's modules from a composed
+config, trains, tests the final model (never a model selected on the test set), writes
+``metrics.json`` in the run folder and returns the test metrics. Tests call it without the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import warnings  # noqa: E402
+
+# Noise from library internals that a user can do nothing about.
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*Total length of `list` across ranks is zero.*")  # no val split
+
+import hydra  # noqa: E402
+import lightning.pytorch as pl  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: E402
+
+from pscl.errors import ConfigError, PsclError  # noqa: E402
+
+log = logging.getLogger("pscl.train")
+
+
+class _DropAdvertising(logging.Filter):
+    """Lightning advertises a cloud logger at every start; a user of an offline tool has no use for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
+
+OPTIMISED_METRIC = "dice"
+
+
+def _instantiate_dict(section: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` section (loggers, callbacks)."""
+    if not section:
+        return []
+    return [hydra.utils.instantiate(entry) for entry in section.values()
+            if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
+    """A Lightning trainer from ``cfg.trainer`` with the configured loggers and callbacks."""
+    loggers = _instantiate_dict(cfg.get("logger"))
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment described by ``cfg``; returns ``{"test": {...}, ...}`` and writes metrics.json."""
+    started = time.time()
+    if cfg.get("print_config"):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=datamodule.in_channels,
+                                       num_classes=datamodule.num_classes)
+    model = hydra.utils.instantiate(cfg.finetune, backbone=backbone, class_names=datamodule.class_names,
+                                    class_weights=cfg.data.get("class_weights"))
+    # Without a val split there is nothing to validate on (the test set is never used for that).
+    extra = {} if datamodule.index.val_ids else {"limit_val_batches": 0}
+    trainer = build_trainer(cfg, **extra)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+
+    results = {
+        "method": cfg.method.name,
+        "num_labeled": cfg.data.num_labeled,
+        "label_seed": int(cfg.data.label_seed),
+        "labeled_ids": list(datamodule.labeled_ids),
+        "data_root": str(datamodule.root),
+        "test": model.test_results,
+        "wall_time_s": round(time.time() - started, 1),
+        "output_dir": str(output_dir),
+    }
+    if trainer.is_global_zero and not trainer.fast_dev_run:
+        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    _print_summary(results, output_dir, cfg)
+    return results
+
+
+def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:
+    test = results["test"]
+    if not test:
+        return
+    lines = [
+        f"pscl: {results['method']} with {results['num_labeled']} annotated image(s) "
+        f"(label_seed {results['label_seed']}: {', '.join(results['labeled_ids'][:5])})",
+        f"  test Dice {test['dice']:.4f} (mean over foreground classes)   ACC {test['acc']:.4f}   mIoU {test['miou']:.4f}",
+    ]
+    if "predictions" in (cfg.get("callbacks") or {}):
+        lines.append(f"  predictions: {cfg.callbacks.predictions.dirpath}")
+    if "tensorboard" in (cfg.get("logger") or {}):
+        lines.append(f"  TensorBoard: tensorboard --logdir {output_dir}")
+    lines.append(f"  run folder: {output_dir}   ({results['wall_time_s']} s)")
+    print("\n".join(lines), flush=True)
+
+
+# ---------------------------------------------------------------------------------- CLI
+_failed_runs: list[str] = []
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MissingMandatoryValue):
+        key = getattr(exc, "full_key", "") or "?"
+        return str(ConfigError(key, "is required but not set", f"add `{key}=...` to the command line"))
+    if isinstance(exc, OmegaConfBaseException):
+        return f"config error: {exc}"
+    return str(exc)
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(version_base="1.3", config_path="pkg://pscl.conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    """Run one job. A failure in a multirun is recorded in the job's folder and the sweep goes on."""
+    try:
+        results = train(cfg)
+        return float(results["test"].get(OPTIMISED_METRIC, float("nan")))
+    except (PsclError, OmegaConfBaseException) as exc:
+        message, user_error = _describe(exc), True
+    except Exception as exc:  # noqa: BLE001 - any crash of one job must not stop a sweep
+        if not _is_multirun():
+            raise
+        message, user_error = f"{type(exc).__name__}: {exc}", False
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "FAILED").write_text(message + "\n\n" + traceback.format_exc())
+    if os.environ.get("PSCL_DEBUG"):
+        traceback.print_exc()
+    print(f"pscl-train: error: {message}", file=sys.stderr, flush=True)
+    if _is_multirun():
+        _failed_runs.append(str(output_dir))
+        log.error("run failed (%s): %s", output_dir, message)
+        return float("nan")
+    sys.exit(2 if user_error else 1)
+
+
+def main() -> None:
+    """Console script ``pscl-train``; exits non-zero if any job of a multirun failed."""
+    _hydra_main()
+    if _failed_runs:
+        print(f"pscl-train: {len(_failed_runs)} run(s) failed; see FAILED in:\n  " + "\n  ".join(_failed_runs),
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
