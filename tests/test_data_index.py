@@ -140,3 +140,21 @@ def test_bad_splits_json(make_folder) -> None:
     (root / "splits.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         index_folder(root)
+
+
+def test_authors_layout_through_the_data_module(tmp_path: Path) -> None:
+    from pscl.data.datamodule import MicrographDataModule
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "aluminum"
+    for stem in ["15_1_0_0", "30_1_1_0", "60_3_0_0"]:
+        _write_pair(root / "train_numf", stem, rng)
+    _write_pair(root / "test_numf", "90_9_1_1", rng)
+    _write_pair(root / "sup_num1_2", "60_3_0_0", rng)
+    dm = MicrographDataModule(root=root, crop_size=None, batch_size=1, samples_per_epoch=1,
+                              num_labeled=1, label_seed=2)
+    dm.setup()
+    assert dm.labeled_ids == ("60_3_0_0",) and dm.class_names[0] == "matrix"
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (1, 1, 32, 32) and batch["id"] == ["60_3_0_0"]
+    assert [b["id"][0] for b in dm.test_dataloader()] == ["90_9_1_1"]

@@ -144,3 +144,21 @@ def test_whole_image_training_needs_equal_sizes(make_folder) -> None:
     Image.fromarray(np.zeros((30, 30), np.uint8)).save(root / "masks" / "img00.png")
     with pytest.raises(ConfigError, match="data.crop_size"):
         _setup(root, crop_size=None, num_labeled="all", batch_size=2)
+
+
+def _first_batches(dm: MicrographDataModule, seed: int, n: int = 3) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    loader = dm.train_dataloader()
+    return [b["image"] for _, b in zip(range(n), loader)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmentation_is_reproducible_under_a_seed(make_folder, workers: int) -> None:
+    root = make_folder(n=6, size=(64, 64))
+    dm = _setup(root, num_workers=workers, samples_per_epoch=8)
+    first, again, other = _first_batches(dm, 1), _first_batches(dm, 1), _first_batches(dm, 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    # every item is its own random crop, also across workers
+    flat = torch.cat(first).flatten(1)
+    assert len({tuple(row[:50].tolist()) for row in flat}) == flat.shape[0]

@@ -63,7 +63,8 @@ def evaluate_untrained(cfg) -> float:
 def test_short_training_beats_the_untrained_model(make_folder, tmp_path: Path) -> None:
     root = make_folder(n=8, size=(64, 64))
     cfg = compose_config(folder_overrides(root, ["data.num_labeled=2", "trainer.max_epochs=12",
-                                                 "data.samples_per_epoch=16"]), tmp_path / "run")
+                                                 "data.samples_per_epoch=16", "logger=tensorboard"]),
+                         tmp_path / "run")
     before = evaluate_untrained(cfg)
     results = train(cfg)
     assert results["test"]["dice"] > before + 0.2, (before, results["test"])
@@ -72,9 +73,16 @@ def test_short_training_beats_the_untrained_model(make_folder, tmp_path: Path) -
     assert written["test"]["dice"] == pytest.approx(results["test"]["dice"])
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in out.glob("checkpoints/*.ckpt")) == ["last.ckpt"]  # never a test-selected one
-    test_ids = sorted(p.stem for p in (out / "predictions").glob("*.png"))
-    assert len(test_ids) == len(results["labeled_ids"]) * 0 + 2  # 8 images, 20 % test
+    predicted = sorted(p.stem for p in (out / "predictions").glob("*.png"))
+    assert len(predicted) == 2  # 8 images, 20 % test
     assert len(list((out / "predictions" / "overlay").glob("*.png"))) == 2
+    # TensorBoard holds the test metrics and a few prediction overlays
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert {"test/dice", "test/acc", "train/loss"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("test/dice")[-1].value == pytest.approx(results["test"]["dice"], rel=1e-5)
+    assert sum(t.startswith("test/prediction/") for t in events.Tags()["images"]) == 2
 
 
 def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -26,6 +26,7 @@ warnings.filterwarnings("ignore", message=".*Total length of `list` across ranks
 
 import hydra  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -83,6 +84,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     extra = {} if datamodule.index.val_ids else {"limit_val_batches": 0}
     trainer = build_trainer(cfg, **extra)
     trainer.fit(model, datamodule=datamodule)
+    if trainer.world_size > 1:
+        # A distributed sampler pads the test set with repeats; test once, on one device, instead.
+        # The process group goes first, or the metrics would wait for ranks that have left.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if not trainer.is_global_zero:
+            return {"test": {}}
+        trainer = build_trainer(cfg, devices=1, num_nodes=1, strategy="auto")
     trainer.test(model, datamodule=datamodule, verbose=False)
 
     results = {

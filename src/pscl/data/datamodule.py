@@ -21,9 +21,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
-from pscl.data.datasets import LabeledDataset, UnlabeledDataset
+from pscl.data.datasets import LabeledDataset, UnlabeledDataset, seed_worker
 from pscl.data.index import DatasetIndex, index_dataset
 from pscl.data.io import read_image, read_mask
 from pscl.data.splits import parse_num_labeled, select_labeled
@@ -182,9 +183,13 @@ class MicrographDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         workers = int(self.hparams.num_workers)
+        if hasattr(dataset, "reseed"):
+            # Reproducible under seed_everything, and different on every DDP rank.
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            dataset.reseed(int(torch.randint(0, 2**31 - 1, (1,))) + 7919 * rank)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                           num_workers=workers, pin_memory=bool(self.hparams.pin_memory),
-                          persistent_workers=workers > 0)
+                          persistent_workers=workers > 0, worker_init_fn=seed_worker if workers > 0 else None)
 
     def labeled_dataset(self) -> LabeledDataset:
         """Random crops of this round's annotated images, ``samples_per_epoch`` per epoch."""

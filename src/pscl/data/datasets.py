@@ -34,6 +34,11 @@ class LabeledDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def reseed(self, seed: int) -> None:
+        """Albumentations keeps its own random state, blind to global seeds: set it explicitly."""
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(seed) % 2**32)
+
     def __getitem__(self, index: int) -> dict:
         j = index % len(self.images)
         out = self.transform(image=self.images[j], mask=self.masks[j])
@@ -42,6 +47,18 @@ class LabeledDataset(Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
             "id": self.ids[j],
         }
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give every worker its own, reproducible augmentation stream."""
+    import random
+
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed % 2**32  # base seed (from the torch RNG) + worker id
+    random.seed(seed)
+    np.random.seed(seed)
+    if hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(seed)
 
 
 class UnlabeledDataset(Dataset):

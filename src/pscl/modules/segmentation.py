@@ -78,8 +78,9 @@ class SegmentationModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.val_metrics.num_updates:
             values = self.val_metrics.compute()
-            self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=False)
-            self.log("val/dice", values["dice"], prog_bar=True)
+            # values are already synchronised by torchmetrics; sync_dist only averages equal numbers
+            self.log_dict({f"val/{k}": v for k, v in values.items() if k != "dice"}, sync_dist=True)
+            self.log("val/dice", values["dice"], prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -87,7 +88,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self.test_metrics.compute()
-        self.log_dict({f"test/{k}": v for k, v in self.test_results.items()})
+        self.log_dict({f"test/{k}": v for k, v in self.test_results.items()}, sync_dist=True)
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
