@@ -28,6 +28,7 @@ import hydra  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: E402
@@ -64,9 +65,63 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
 
+def _stage_loggers(cfg: DictConfig, save_dir: Path) -> list[Any]:
+    """The configured loggers, writing under ``save_dir`` (pretraining gets its own folder)."""
+    section = cfg.get("logger") or {}
+    return [hydra.utils.instantiate(entry, save_dir=str(save_dir)) for entry in section.values()
+            if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, torch.Tensor]:
+    """Run the method's pretraining on this round's data; returns the transferable weights.
+
+    Writes ``<run>/pretrain/pretrained.pt`` (encoder + decoder weights), the last pretraining
+    checkpoint (with queues, for resuming) and the pretraining logs.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from pscl.transfer import save_pretrained
+
+    stage_dir = output_dir / "pretrain"
+    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=datamodule.in_channels,
+                                       num_classes=datamodule.num_classes)
+    module = hydra.utils.instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes,
+                                     num_groups=len(datamodule.group_names))
+    datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size))
+    callbacks = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)]
+    callbacks += [c for c in _instantiate_dict(cfg.get("callbacks")) if type(c).__name__ == "TQDMProgressBar"]
+    trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs),
+                                      logger=_stage_loggers(cfg, stage_dir) or False, callbacks=callbacks,
+                                      limit_val_batches=0, default_root_dir=str(stage_dir))
+    log.info("pretraining %s for %d epochs", cfg.method.name, int(cfg.method.pretrain_epochs))
+    trainer.fit(module, datamodule=datamodule)
+    datamodule.use_pretraining(None)
+    state = module.transferable_state_dict()
+    if trainer.is_global_zero:
+        save_pretrained(state, stage_dir / "pretrained.pt",
+                        {"method": cfg.method.name, "labeled_ids": list(datamodule.labeled_ids)})
+    return state
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment described by ``cfg``; returns ``{"test": {...}, ...}`` and writes metrics.json."""
+    """Run one experiment described by ``cfg``; returns ``{"test": {...}, ...}`` and writes metrics.json.
+
+    ``stage=both`` pretrains (if the method has a pretraining stage), fine-tunes and tests;
+    ``stage=pretrain`` stops after pretraining; ``stage=finetune`` fine-tunes from
+    ``pretrained_ckpt`` (or from scratch for ``method=supervised``).
+    """
+    from pscl.transfer import load_pretrained
+
     started = time.time()
+    stage = str(cfg.get("stage", "both"))
+    if stage not in {"pretrain", "finetune", "both"}:
+        raise ConfigError("stage", f"must be pretrain, finetune or both, got {stage!r}")
+    has_pretraining = cfg.method.get("pretrain") is not None
+    if stage == "pretrain" and not has_pretraining:
+        raise ConfigError("stage", f"method={cfg.method.name} has no pretraining stage", "use stage=both")
+    if stage == "finetune" and has_pretraining and not cfg.get("pretrained_ckpt"):
+        raise ConfigError("pretrained_ckpt", f"stage=finetune with method={cfg.method.name} needs pretrained weights",
+                          "add pretrained_ckpt=<run>/pretrain/pretrained.pt, or use stage=both")
     if cfg.get("print_config"):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -76,8 +131,40 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+
+    pretrained: dict[str, torch.Tensor] | None = None
+    if cfg.get("pretrained_ckpt"):
+        pretrained = load_pretrained(cfg.pretrained_ckpt)
+    elif has_pretraining:
+        pretrained = pretrain(cfg, datamodule, output_dir)
+    results: dict[str, Any] = {
+        "method": cfg.method.name,
+        "num_labeled": cfg.data.num_labeled,
+        "label_seed": int(cfg.data.label_seed),
+        "labeled_ids": list(datamodule.labeled_ids),
+        "data_root": str(datamodule.root),
+        "test": {},
+        "output_dir": str(output_dir),
+    }
+    if stage != "pretrain":
+        results["test"] = finetune(cfg, datamodule, pretrained)
+        results["transferred_keys"] = 0 if pretrained is None else len(pretrained)
+    results["wall_time_s"] = round(time.time() - started, 1)
+    if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
+        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    _print_summary(results, output_dir, cfg)
+    return results
+
+
+def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tensor] | None) -> dict[str, float]:
+    """Fine-tune (or train from scratch) and test the final model; returns the test metrics."""
+    from pscl.transfer import transfer_weights
+
     backbone = hydra.utils.instantiate(cfg.backbone, in_channels=datamodule.in_channels,
                                        num_classes=datamodule.num_classes)
+    if pretrained is not None:
+        keys = transfer_weights(backbone, pretrained)
+        log.info("fine-tuning from %d pretrained encoder/decoder tensors", len(keys))
     model = hydra.utils.instantiate(cfg.finetune, backbone=backbone, class_names=datamodule.class_names,
                                     class_weights=cfg.data.get("class_weights"))
     # Without a val split there is nothing to validate on (the test set is never used for that).
@@ -90,29 +177,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         if not trainer.is_global_zero:
-            return {"test": {}}
+            return {}
         trainer = build_trainer(cfg, devices=1, num_nodes=1, strategy="auto")
     trainer.test(model, datamodule=datamodule, verbose=False)
-
-    results = {
-        "method": cfg.method.name,
-        "num_labeled": cfg.data.num_labeled,
-        "label_seed": int(cfg.data.label_seed),
-        "labeled_ids": list(datamodule.labeled_ids),
-        "data_root": str(datamodule.root),
-        "test": model.test_results,
-        "wall_time_s": round(time.time() - started, 1),
-        "output_dir": str(output_dir),
-    }
-    if trainer.is_global_zero and not trainer.fast_dev_run:
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    _print_summary(results, output_dir, cfg)
-    return results
+    return model.test_results
 
 
 def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:
     test = results["test"]
+    if rank_zero_only.rank != 0:
+        return
     if not test:
+        if (output_dir / "pretrain" / "pretrained.pt").is_file():
+            print(f"pscl: {results['method']} pretraining done; fine-tune with\n"
+                  f"  pscl-train stage=finetune method={results['method']} "
+                  f"pretrained_ckpt={output_dir / 'pretrain' / 'pretrained.pt'}", flush=True)
         return
     lines = [
         f"pscl: {results['method']} with {results['num_labeled']} annotated image(s) "

@@ -6,7 +6,9 @@ annotated subset of the round (``num_labeled``, ``label_seed``) and serves
 * ``train_dataloader`` - random crops of the annotated subset (fine-tuning / supervised);
 * ``val_dataloader`` - whole images of the ``val`` split, only when the folder defines one;
 * ``test_dataloader`` - whole images of the ``test`` split (batch 1: sizes may differ);
-* ``unlabeled_dataloader`` - the pretraining pool (all train images plus ``unlabeled/``).
+* ``pretrain_dataloader`` - per step a batch of the pretraining pool (all train images plus
+  ``unlabeled/``) and one annotated image with its mask; :meth:`use_pretraining` makes
+  ``train_dataloader`` serve it.
 
 The data module knows nothing about methods: what a pretraining item holds is decided by the
 ``views`` callable a pretraining method hands to :meth:`unlabeled_dataloader`.
@@ -20,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import CombinedLoader
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pscl.data.datasets import LabeledDataset, UnlabeledDataset, seed_worker
+from pscl.data.datasets import LabeledDataset, ViewsDataset, seed_worker
 from pscl.data.index import DatasetIndex, index_dataset
 from pscl.data.io import read_image, read_mask
 from pscl.data.splits import parse_num_labeled, select_labeled
@@ -81,6 +84,7 @@ class MicrographDataModule(pl.LightningDataModule):
         self.std: tuple[float, ...] = ()
         self._images: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
+        self._pretrain_views: Callable[..., dict] | None = None
 
     # ---------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -206,7 +210,9 @@ class MicrographDataModule(pl.LightningDataModule):
         return LabeledDataset([self._images[i] for i in ids], [self._masks[i] for i in ids], list(ids),
                               test_transform(self.mean, self.std))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        if self._pretrain_views is not None:
+            return self.pretrain_dataloader(self._pretrain_views)
         return self._loader(self.labeled_dataset(), int(self.hparams.batch_size), shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -220,22 +226,51 @@ class MicrographDataModule(pl.LightningDataModule):
         return self._loader(self.whole_image_dataset(self.index.test_ids),  # type: ignore[union-attr]
                             int(self.hparams.test_batch_size), shuffle=False)
 
-    def unlabeled_dataset(self, views: Callable[[np.ndarray], dict]) -> UnlabeledDataset:
+    def _group_index(self) -> dict[str, int]:
+        return {g: k for k, g in enumerate(self.group_names)}
+
+    def unlabeled_dataset(self, views: Callable[..., dict]) -> ViewsDataset:
         """The pretraining pool: every train image (labels unused) plus ``unlabeled/``."""
         self._require_setup()
         index = self.index
         assert index is not None
         samples = [index.samples[i] for i in index.train_ids] + list(index.unlabeled)
-        groups = {g: k for k, g in enumerate(index.groups())}
-        return UnlabeledDataset(
-            [s.image for s in samples], [s.id for s in samples],
-            [groups.get(s.group, -1) if s.group is not None else -1 for s in samples],
+        groups = self._group_index()
+        return ViewsDataset(
+            [s.image for s in samples], [s.id for s in samples], [groups.get(s.group, -1) for s in samples],
             views, self.in_channels, cache=self._images,
         )
 
-    def unlabeled_dataloader(self, views: Callable[[np.ndarray], dict]) -> DataLoader:
-        return self._loader(self.unlabeled_dataset(views), int(self.hparams.unlabeled_batch_size),
-                            shuffle=True, drop_last=True)
+    def annotated_views_dataset(self, views: Callable[..., dict]) -> ViewsDataset:
+        """This round's annotated images with their masks, for label-guided pretraining."""
+        self._require_setup()
+        index = self.index
+        assert index is not None
+        samples = [index.samples[i] for i in self.labeled_ids]
+        groups = self._group_index()
+        return ViewsDataset(
+            [s.image for s in samples], [s.id for s in samples], [groups.get(s.group, -1) for s in samples],
+            views, self.in_channels, cache=self._images, masks={i: self._masks[i] for i in self.labeled_ids},
+        )
+
+    def unlabeled_dataloader(self, views: Callable[..., dict]) -> DataLoader:
+        dataset = self.unlabeled_dataset(views)
+        batch_size = int(self.hparams.unlabeled_batch_size)
+        if len(dataset) < batch_size:
+            raise ConfigError("data.unlabeled_batch_size",
+                              f"is {batch_size} but the pretraining pool holds only {len(dataset)} images",
+                              f"set data.unlabeled_batch_size<={len(dataset)} or add images to <root>/unlabeled/")
+        return self._loader(dataset, batch_size, shuffle=True, drop_last=True)
+
+    def pretrain_dataloader(self, views: Callable[..., dict]) -> CombinedLoader:
+        """Per step: a batch of unlabelled two-view items and one annotated two-view item (cycled)."""
+        labeled = self._loader(self.annotated_views_dataset(views), 1, shuffle=True)
+        return CombinedLoader({"unlabeled": self.unlabeled_dataloader(views), "labeled": labeled},
+                              mode="max_size_cycle")
+
+    def use_pretraining(self, views: Callable[..., dict] | None) -> None:
+        """Make :meth:`train_dataloader` serve pretraining items built by ``views`` (None: fine-tuning)."""
+        self._pretrain_views = views
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointed facts: the round's annotated ids and the normalisation used in training."""

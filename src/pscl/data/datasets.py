@@ -61,30 +61,36 @@ def seed_worker(worker_id: int) -> None:
         info.dataset.reseed(seed)
 
 
-class UnlabeledDataset(Dataset):
+class ViewsDataset(Dataset):
     """Micrographs for pretraining, read lazily (an unlabelled pool may not fit in memory).
 
-    ``views`` turns one (H, W, C) image into a dict of named tensors (e.g. two augmented views
-    ``x0``, ``x1`` and their geometry); items add ``id`` and the ``group`` index (-1 if unknown).
+    ``views`` turns one (H, W, C) image (and its (H, W) mask, when ``masks`` has one) into a dict
+    of named tensors (e.g. two augmented views ``x0``, ``x1`` and their geometry); items add
+    ``id`` and the ``group`` index (-1 if unknown).
     """
 
     def __init__(self, paths: Sequence[Path], ids: Sequence[str], group_index: Sequence[int],
-                 views: Callable[[np.ndarray], dict], in_channels: int = 1,
-                 cache: dict[str, np.ndarray] | None = None) -> None:
+                 views: Callable[..., dict], in_channels: int = 1,
+                 cache: dict[str, np.ndarray] | None = None, masks: dict[str, np.ndarray] | None = None) -> None:
         self.paths, self.ids, self.group_index = list(paths), list(ids), list(group_index)
         self.views = views
         self.in_channels = in_channels
         self.cache = cache or {}
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def reseed(self, seed: int) -> None:
+        if hasattr(self.views, "reseed"):
+            self.views.reseed(int(seed) % 2**32)
 
     def __getitem__(self, index: int) -> dict:
         key = self.ids[index]
         image = self.cache.get(key)
         if image is None:
             image = read_image(self.paths[index], self.in_channels)
-        item = dict(self.views(image))
+        item = dict(self.views(image, self.masks[key]) if self.masks is not None else self.views(image))
         item["id"] = key
         item["group"] = self.group_index[index]
         return item

@@ -1,0 +1,76 @@
+"""PSCL patch sampling at one decoder scale, for a whole batch (spec §4.2-4.3).
+
+Batch index 0 is the annotated image. For every image the view-2 crop defines which view-1
+and view-2 cells see the same place (:mod:`pscl.contrastive.correspondence`). On the annotated
+image ``K`` cells per class are drawn from its mask (label-guided); on every other image each of
+those templates picks its most similar free cell, whose class slot it inherits
+(similarity-guided). The result pairs the view-1 ("query") and view-2 ("key") features of the
+same physical locations, in class-slot order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pscl.contrastive.correspondence import batch_correspondence, cell_label_scores
+from pscl.contrastive.sampling import label_guided_sample, random_sample, similarity_guided_sample
+
+
+@dataclass
+class PatchSample:
+    """Sampled patches of one scale. Rows are image-major, then class slot, then k."""
+
+    query: torch.Tensor  # (B * C * K, D) view-1 features at the sampled places (with gradient)
+    key: torch.Tensor  # (B * C * K, D) view-2 features at the same places
+    slots: torch.Tensor  # (B * C * K,) class slot of every row
+    image: torch.Tensor  # (B * C * K,) batch index of every row
+    values: torch.Tensor  # (C, K) label scores of the annotated image's sampled cells
+    num_classes: int
+    k: int
+
+
+def sample_patches(query_map: torch.Tensor, key_map: torch.Tensor, flip: torch.Tensor, rot_k: torch.Tensor,
+                   crop: torch.Tensor, annotated_mask: torch.Tensor, num_classes: int, k: int,
+                   guided: bool = True, generator: torch.Generator | None = None) -> PatchSample:
+    """Sample ``k`` patches per class on every image of the batch at one scale.
+
+    ``query_map`` (B, D, g, g) view-1 embeddings; ``key_map`` (B, D, g, g) view-2 embeddings
+    (used detached for matching); ``flip`` (B,), ``rot_k`` (B,), ``crop`` (B, 4) view-2 geometry;
+    ``annotated_mask`` (S, S) view-1 mask of image 0 (255 = ignore).
+    """
+    batch, _, grid, _ = query_map.shape
+    pairs = batch_correspondence(flip, rot_k, crop, grid, image_size=int(annotated_mask.shape[-1]))
+    # (B, D, h*w) views; advanced indexing below gathers only the sampled cells (no full copy)
+    q_cells, k_cells = query_map.flatten(2), key_map.flatten(2)
+    qidx0, kidx0 = pairs[0]
+    if guided:
+        scores = cell_label_scores(annotated_mask, grid, num_classes, qidx0)
+        sel0, values = label_guided_sample(scores, k, generator)
+    else:  # the paper's ablation: random cells, no label information
+        sel0 = random_sample(qidx0.numel(), num_classes, k, generator)
+        values = torch.ones(num_classes, k, device=query_map.device)
+    templates = k_cells[0][:, kidx0[sel0]].T.detach()
+    q_index, k_index = [qidx0[sel0]], [kidx0[sel0]]
+    for b in range(1, batch):
+        qidx, kidx = pairs[b]
+        if guided:
+            chosen = similarity_guided_sample(templates, k_cells[b][:, kidx].T.detach())
+        else:
+            chosen = random_sample(qidx.numel(), num_classes, k, generator)
+        q_index.append(qidx[chosen])
+        k_index.append(kidx[chosen])
+    per_image = num_classes * k
+    device = query_map.device
+    image = torch.arange(batch, device=device).repeat_interleave(per_image)
+    slots = torch.arange(per_image, device=device).div(k, rounding_mode="floor").repeat(batch)
+    return PatchSample(
+        query=q_cells[image, :, torch.cat(q_index).to(device)],
+        key=k_cells[image, :, torch.cat(k_index).to(device)],
+        slots=slots,
+        image=image,
+        values=values.to(query_map.device),
+        num_classes=num_classes,
+        k=k,
+    )
