@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed ## create .venv (if absent) and install pscl with the tested versions
 
-run: install ## the main job: a 1-shot experiment on the embedded synthetic data (2 CPU cores, minutes)
-	$(VENV)/bin/pscl-train experiment=quick
+run: install ## the main job: PSCL-SimCLR pretraining + 1-shot fine-tuning + test on the synthetic data (2 CPU cores)
+	$(VENV)/bin/pscl-train experiment=quick method=pscl_simclr
 
 test: install ## the test suite (no slow tests; < 10 minutes on 2 cores)
 	$(PY) -m pytest
@@ -32,6 +32,9 @@ test-slow: install ## the slow end-to-end tests only
 
 test-all: install ## every test
 	$(PY) -m pytest -m "slow or not slow"
+
+bench: install ## PSCL pretraining step time and peak memory, paper and quick configurations (slow)
+	$(PY) benchmarks/pretrain_step.py --json benchmarks/results.json
 
 lock: install ## rewrite the constraints file from the installed versions
 	@(echo "# Tested versions (pip constraints), used by make and CI. Regenerate with: make lock"; \

@@ -23,6 +23,7 @@ import warnings  # noqa: E402
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*Total length of `list` across ranks is zero.*")  # no val split
+warnings.filterwarnings("ignore", message=".*passed in a `val_dataloader` but have no `validation_step`.*")
 
 import hydra  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402

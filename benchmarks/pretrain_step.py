@@ -1,0 +1,151 @@
+"""Benchmark: seconds per PSCL pretraining step vs the bare networks, and peak memory.
+
+Each (configuration, variant, mode) runs in its own process so that peak RSS is its own:
+
+* ``pscl``  - one full PSCL training step (views already in memory): forward of both views,
+  heads, correspondence, sampling, losses, backward, Adam step;
+* ``bare``  - the same UNet(s) on the same two views, forward + backward of a trivial loss, Adam
+  step: the cost of the networks alone (MoCo: the key network in no-grad, as in PSCL).
+
+Usage: ``python benchmarks/pretrain_step.py [--configs paper,quick] [--steps 3] [--json out.json]``
+(``make bench`` writes ``benchmarks/results.json`` and the table in ``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {
+    # the paper: 376 x 376, 8 unlabelled + 1 annotated image, UNet 32-256, fp32
+    "paper": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256)},
+    # experiment=quick: 128 px crops, small UNet
+    "quick": {"size": 128, "unlabeled": 8, "widths": (16, 32, 64, 128)},
+}
+TOP_K = {"simclr": 4, "moco": 30}
+
+
+def _batch(module, size: int, unlabeled: int, seed: int = 0) -> dict:
+    import numpy as np
+    from torch.utils.data import default_collate
+
+    rng = np.random.default_rng(seed)
+    views = module.views((0.5,), (0.2,), size)
+    views.reseed(seed)
+    yy, xx = np.mgrid[:size, :size]
+    mask = ((np.sin(xx / 9.0) + np.cos(yy / 7.0)) * 1.5 + 2).astype(np.uint8).clip(0, 3)
+    image = (0.3 + 0.12 * mask + 0.05 * rng.standard_normal((size, size))).astype(np.float32)[..., None]
+    labeled = views(image, mask)
+    labeled["group"] = 0
+    items = []
+    for b in range(unlabeled):
+        item = views(np.roll(image, (11 * b, 17 * b), axis=(0, 1)))
+        item["group"] = b % 3
+        items.append(item)
+    return {"labeled": default_collate([labeled]), "unlabeled": default_collate(items)}
+
+
+def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
+    """Time ``steps`` steps after one warm-up step in this process; report seconds and peak RSS."""
+    import torch
+
+    from pscl.models.unet import UNet
+    from pscl.modules.pscl import PSCLModule
+
+    spec = CONFIGS[config]
+    torch.manual_seed(0)
+    module = PSCLModule(UNet(1, 4, spec["widths"]), num_classes=4, variant=variant, top_k=TOP_K[variant],
+                        gather_distributed=False)
+    module.log_losses = lambda values, batch_size: None
+    batch = _batch(module, spec["size"], spec["unlabeled"])
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+
+    def pscl_step() -> None:
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    x0 = torch.cat([batch["labeled"]["x0"], batch["unlabeled"]["x0"]])
+    x1 = torch.cat([batch["labeled"]["x1"], batch["unlabeled"]["x1"]])
+
+    def bare_step() -> None:
+        out0 = module.backbone.forward_features(x0)
+        if variant == "moco":
+            with torch.no_grad():
+                out1 = module.backbone_momentum.forward_features(x1)
+            loss = sum(f.mean() for f in out0["decoder"]) + out0["bottleneck"].mean() + 0 * out1["bottleneck"].mean()
+        else:
+            out1 = module.backbone.forward_features(x1)
+            loss = sum(f.mean() for f in out0["decoder"] + out1["decoder"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step = pscl_step if mode == "pscl" else bare_step
+    step()  # warm-up: allocator, first-touch pages
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {
+        "config": config, "variant": variant, "mode": mode, "steps": steps,
+        "seconds_per_step": sum(times) / len(times), "min_seconds": min(times),
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="paper,quick")
+    parser.add_argument("--variants", default="simclr,moco")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--one", nargs=3, metavar=("CONFIG", "VARIANT", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(*args.one, steps=args.steps)))
+        return 0
+    rows = []
+    for config in args.configs.split(","):
+        for variant in args.variants.split(","):
+            for mode in ("bare", "pscl"):
+                proc = subprocess.run([sys.executable, __file__, "--one", config, variant, mode,
+                                       "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"{config:6s} {variant:7s} {mode:5s} {row['seconds_per_step']:8.2f} s/step "
+                      f"(min {row['min_seconds']:.2f})  peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
+    result = {"machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+              "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(markdown_table(rows))
+    return 0
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per configuration and variant: PSCL step, bare step, overhead, peak RSS."""
+    lines = ["| config | variant | PSCL step (s) | bare networks (s) | machinery overhead | PSCL peak RSS (GiB) |",
+             "|---|---|---:|---:|---:|---:|"]
+    keyed = {(r["config"], r["variant"], r["mode"]): r for r in rows}
+    for (config, variant, mode), row in keyed.items():
+        if mode != "pscl":
+            continue
+        bare = keyed.get((config, variant, "bare"))
+        overhead = f"{100 * (row['seconds_per_step'] / bare['seconds_per_step'] - 1):+.0f} %" if bare else "-"
+        lines.append(f"| {config} | {variant} | {row['seconds_per_step']:.2f} | "
+                     f"{bare['seconds_per_step'] if bare else float('nan'):.2f} | {overhead} | {row['peak_rss_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
