@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -60,7 +61,9 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
 
     spec = CONFIGS[config]
     torch.manual_seed(0)
-    module = PSCLModule(UNet(1, 4, spec["widths"]), num_classes=4, variant=variant, top_k=TOP_K[variant],
+    # the shipped backbone defaults (conf/backbone/*.yaml); PSCL_BENCH_BACKBONE='{"channels_last": false}' overrides
+    backbone_options = {"channels_last": True, **json.loads(os.environ.get("PSCL_BENCH_BACKBONE", "{}"))}
+    module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant, top_k=TOP_K[variant],
                         gather_distributed=False)
     module.log_losses = lambda values, batch_size: None
     batch = _batch(module, spec["size"], spec["unlabeled"])
@@ -89,6 +92,12 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
         optimizer.step()
 
     step = pscl_step if mode == "pscl" else bare_step
+    if os.environ.get("PSCL_BENCH_BF16"):
+        inner = step
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                inner()
     step()  # warm-up: allocator, first-touch pages
     times = []
     for _ in range(steps):
@@ -99,6 +108,7 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
         "config": config, "variant": variant, "mode": mode, "steps": steps,
         "seconds_per_step": sum(times) / len(times), "min_seconds": min(times),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
         "threads": torch.get_num_threads(),
     }
 
@@ -109,17 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="simclr,moco")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc at its defaults")
     parser.add_argument("--one", nargs=3, metavar=("CONFIG", "VARIANT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
+        if not args.no_malloc_tuning:
+            from pscl.perf import tune_allocator
+
+            tune_allocator()
         print(json.dumps(run_one(*args.one, steps=args.steps)))
         return 0
     rows = []
     for config in args.configs.split(","):
         for variant in args.variants.split(","):
             for mode in ("bare", "pscl"):
+                extra = ["--no-malloc-tuning"] if args.no_malloc_tuning else []
                 proc = subprocess.run([sys.executable, __file__, "--one", config, variant, mode,
-                                       "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+                                       "--steps", str(args.steps), *extra], capture_output=True, text=True, check=True)
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(f"{config:6s} {variant:7s} {mode:5s} {row['seconds_per_step']:8.2f} s/step "

@@ -63,3 +63,26 @@ def test_transferable_state_excludes_classifier() -> None:
 def test_bad_widths() -> None:
     with pytest.raises(ConfigError, match="backbone.widths"):
         UNet(widths=(8, 16, 32))
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"checkpoint_full_resolution": True},
+                                     {"channels_last": True, "checkpoint_full_resolution": True}])
+def test_memory_options_do_not_change_the_maths(options: dict) -> None:
+    torch.manual_seed(0)
+    plain = UNet(1, 3, widths=(8, 16, 32, 64))
+    tuned = UNet(1, 3, widths=(8, 16, 32, 64), **options)
+    tuned.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 40, 48)
+    out_plain, out_tuned = plain(x), tuned(x)
+    torch.testing.assert_close(out_tuned, out_plain, atol=1e-5, rtol=1e-4)
+    out_plain.square().mean().backward()
+    out_tuned.square().mean().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), tuned.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_allocator_tuning_reports_what_it_did(monkeypatch) -> None:
+    from pscl.perf import tune_allocator
+
+    monkeypatch.setenv("PSCL_MALLOC_TUNING", "0")
+    assert tune_allocator() is False

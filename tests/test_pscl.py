@@ -160,3 +160,10 @@ def test_metrics_json_records_the_method(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["method"] == "pscl_simclr" and written["transferred_keys"] > 0
     assert (tmp_path / "run" / "pretrain" / "pretrained.pt").is_file()
+
+
+def test_too_many_patches_for_the_crop_is_a_clear_error() -> None:
+    module = PSCLModule(UNet(1, 4, WIDTHS), num_classes=4, variant="moco", top_k=30)
+    with pytest.raises(ConfigError, match="sampling.top_k.*32 px crop"):
+        module.views((0.5,), (0.2,), 32)
+    assert module.views((0.5,), (0.2,), 64) is not None

@@ -254,6 +254,9 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Console script ``pscl-train``; exits non-zero if any job of a multirun failed."""
+    from pscl.perf import tune_allocator
+
+    tune_allocator()
     _hydra_main()
     if _failed_runs:
         print(f"pscl-train: {len(_failed_runs)} run(s) failed; see FAILED in:\n  " + "\n  ".join(_failed_runs),

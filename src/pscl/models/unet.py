@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pscl.errors import ConfigError
 from pscl.models.base import BackboneFeatures, SegmentationBackbone
@@ -40,8 +41,9 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, norms: tuple[str, str] = ("bn", "bn")) -> None:
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), _norm(norms[0], out_ch), nn.LeakyReLU(0.01),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), _norm(norms[1], out_ch), nn.LeakyReLU(0.01),
+            # in place: neither BatchNorm nor LayerNorm needs its output for the backward pass
+            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), _norm(norms[0], out_ch), nn.LeakyReLU(0.01, inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), _norm(norms[1], out_ch), nn.LeakyReLU(0.01, inplace=True),
         )
 
 
@@ -78,8 +80,13 @@ class UNetEncoder(nn.Module):
         self.down2 = Down(widths[1], widths[2])
         self.down3 = Down(widths[2], widths[3])
 
+    checkpoint_inc = False
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x1 = self.inc(x)
+        if self.checkpoint_inc and torch.is_grad_enabled():
+            x1 = checkpoint(self.inc, x, use_reentrant=False)
+        else:
+            x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
         return [x1, x2, x3, self.down3(x3)]
@@ -94,11 +101,16 @@ class UNetDecoder(nn.Module):
         self.up2 = Up(widths[2], widths[1])
         self.up3 = Up(widths[1], widths[0])
 
+    checkpoint_up3 = False
+
     def forward(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
         x1, x2, x3, x4 = skips
         d4 = self.up1(x4, x3)
         d2 = self.up2(d4, x2)
-        d1 = self.up3(d2, x1)
+        if self.checkpoint_up3 and torch.is_grad_enabled():
+            d1 = checkpoint(self.up3, d2, x1, use_reentrant=False)
+        else:
+            d1 = self.up3(d2, x1)
         return [d4, d2, d1]
 
 
@@ -106,7 +118,8 @@ class UNet(SegmentationBackbone):
     """The paper's UNet (spec §2) behind the shared backbone interface."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4,
-                 widths: Sequence[int] = (32, 64, 128, 256)) -> None:
+                 widths: Sequence[int] = (32, 64, 128, 256), channels_last: bool = False,
+                 checkpoint_full_resolution: bool = False) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 4 or any(w < 2 or w % 2 for w in widths):
@@ -119,7 +132,16 @@ class UNet(SegmentationBackbone):
         self.encoder = UNetEncoder(in_channels, widths)
         self.decoder = UNetDecoder(widths)
         self.classifier = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        # NHWC keeps the per-pixel LayerNorm free of copies and suits oneDNN's CPU convolutions
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        # recompute the two full-resolution blocks in the backward pass instead of storing them
+        self.encoder.checkpoint_inc = checkpoint_full_resolution
+        self.decoder.checkpoint_up3 = checkpoint_full_resolution
 
     def forward_features(self, x: torch.Tensor) -> BackboneFeatures:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = self.encoder(x)
         return {"bottleneck": skips[-1], "decoder": self.decoder(skips)}

@@ -113,7 +113,22 @@ class PSCLModule(MomentumPretrainModule):
     # ------------------------------------------------------------------ data
     def views(self, mean: tuple[float, ...], std: tuple[float, ...], crop_size: int | None) -> Callable:
         hp = self.hparams
+        if crop_size is not None:
+            self.check_crop_size(int(crop_size))
         return TwoViews(crop_size, mean, std, jitter=hp.jitter, crop_min=hp.crop_min)
+
+    def check_crop_size(self, crop_size: int) -> None:
+        """Every scale's smallest crop grid must hold the C * K_s cells sampled there."""
+        for scale in self.scales:
+            grid = crop_size // (4 // 2**scale)
+            cells = int(self.hparams.crop_min * grid) ** 2
+            needed = self.num_classes * self.patches_per_class(scale)
+            if cells < needed:
+                raise ConfigError(
+                    "sampling.top_k",
+                    f"samples {needed} cells ({self.num_classes} classes x {self.patches_per_class(scale)}) at scale "
+                    f"{scale}, but a {crop_size} px crop gives only {cells} cells there after view-2 cropping",
+                    "lower sampling.top_k or sampling.sample_ratio, or raise data.crop_size")
 
     def patches_per_class(self, scale: int) -> int:
         """K_s = top_k * sample_ratio ** s."""
