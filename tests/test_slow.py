@@ -16,25 +16,47 @@ from pscl.intensity_baseline import evaluate_folder
 pytestmark = pytest.mark.slow
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PSCL_LOG_DIR": str(cwd / "logs"), "PSCL_CACHE_DIR": str(cwd / "cache")}
+def run_cli(args: list[str], cwd: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PSCL_LOG_DIR": str(cwd / "logs"), "PSCL_CACHE_DIR": str(cache or cwd / "cache")}
     return subprocess.run([sys.executable, "-m", "pscl.train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=1800)
 
 
-def test_make_run_job_beats_the_intensity_baseline(tmp_path: Path) -> None:
-    """The main job (experiment=quick, 1 annotated image) on the default synthetic data needs context.
+@pytest.fixture(scope="module")
+def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """The default synthetic dataset (generated once for this module) and its intensity-baseline Dice."""
+    cache = tmp_path_factory.mktemp("cache")
+    root = ensure_dataset(cache, SyntheticSpec(), progress=False)
+    return cache, evaluate_folder(root)["foreground_dice"]
+
+
+def _single_run_metrics(cwd: Path) -> dict:
+    (metrics_file,) = (cwd / "logs" / "train" / "runs").glob("*/metrics.json")
+    return json.loads(metrics_file.read_text())
+
+
+def test_one_annotated_image_beats_the_intensity_baseline(tmp_path: Path, synthetic_cache) -> None:
+    """The synthetic data needs spatial context.
 
     A per-pixel grey-level classifier fitted on *all* training masks must score clearly below
-    the UNet trained on a single annotated image.
+    the UNet trained on a single annotated image (experiment=quick, supervised).
     """
-    proc = run_cli(["experiment=quick", "callbacks.progress_bar.refresh_rate=0"], tmp_path)
+    cache, baseline = synthetic_cache
+    proc = run_cli(["experiment=quick", "callbacks.progress_bar.refresh_rate=0"], tmp_path, cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")
-    unet = json.loads(metrics_file.read_text())["test"]["dice"]
-    root = ensure_dataset(tmp_path / "cache", SyntheticSpec(), progress=False)
-    baseline = evaluate_folder(root)["foreground_dice"]
+    unet = _single_run_metrics(tmp_path)["test"]["dice"]
     assert unet > baseline + 0.15, (unet, baseline)
+
+
+def test_make_run_job_end_to_end(tmp_path: Path, synthetic_cache) -> None:
+    """`make run`: PSCL-SimCLR pretraining, 1-shot fine-tuning and test on the synthetic data."""
+    cache, baseline = synthetic_cache
+    proc = run_cli(["experiment=quick", "method=pscl_simclr", "callbacks.progress_bar.refresh_rate=0"], tmp_path, cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _single_run_metrics(tmp_path)
+    assert results["method"] == "pscl_simclr" and results["transferred_keys"] > 0
+    assert results["test"]["dice"] > baseline, (results["test"], baseline)
+    assert "test Dice" in proc.stdout and "TensorBoard" in proc.stdout
 
 
 def test_ddp_on_two_cpu_processes(make_folder, tmp_path: Path) -> None:
