@@ -167,3 +167,22 @@ def test_too_many_patches_for_the_crop_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="sampling.top_k.*32 px crop"):
         module.views((0.5,), (0.2,), 32)
     assert module.views((0.5,), (0.2,), 64) is not None
+
+
+def test_method_level_keys_reach_the_module(tmp_path: Path) -> None:
+    import hydra
+
+    cfg = compose_config(["method=pscl_moco", "method.global_local_ratio=0.25", "method.temperature=0.3",
+                          "method.queue_size=12", "method.momentum=0.5", "sampling.top_k=3", "sampling.guided=false"],
+                         tmp_path / "run")
+    module = hydra.utils.instantiate(cfg.method.pretrain, backbone=UNet(1, 4, WIDTHS), num_classes=4)
+    hp = module.hparams
+    assert (hp.variant, hp.global_local_ratio, hp.temperature, hp.queue_size, hp.momentum, hp.top_k, hp.guided) == (
+        "moco", 0.25, 0.3, 12, 0.5, 3, False)
+    assert module.image_queue.features.shape[0] == 12
+
+
+def test_bad_ratio_from_the_command_line_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = compose_config(["method=pscl_simclr", "method.global_local_ratio=1.5", *TINY_SYNTH], tmp_path / "run")
+    with pytest.raises(ConfigError, match="global_local_ratio"):
+        train(cfg)

@@ -110,7 +110,7 @@ def test_cli_multirun_gives_each_run_its_own_folder(make_folder, tmp_path: Path)
         (["data=folder"], "data.root"),
         (["backbone=resnet9000"], "backbone"),
         (["data=folder", "data.root=/no/such/folder"], "/no/such/folder"),
-        (["data=folder", "data.num_labeled=zero"], "data.num_labeled"),
+        (["data=folder", "data.root=.", "data.num_labeled=zero"], "data.num_labeled"),
     ],
 )
 def test_cli_errors_are_one_clear_message(tmp_path: Path, overrides: list[str], expected: str) -> None:

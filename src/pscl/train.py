@@ -29,6 +29,7 @@ import hydra  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import InstantiationException  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -51,11 +52,24 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert
 OPTIMISED_METRIC = "dice"
 
 
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a user error (:class:`PsclError`) through unwrapped."""
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, PsclError):
+            raise cause from None
+        raise
+
+
 def _instantiate_dict(section: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a ``{name: {_target_: ...}}`` section (loggers, callbacks)."""
     if not section:
         return []
-    return [hydra.utils.instantiate(entry) for entry in section.values()
+    return [instantiate(entry) for entry in section.values()
             if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
@@ -63,13 +77,13 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """A Lightning trainer from ``cfg.trainer`` with the configured loggers and callbacks."""
     loggers = _instantiate_dict(cfg.get("logger"))
     callbacks = _instantiate_dict(cfg.get("callbacks"))
-    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
 
 def _stage_loggers(cfg: DictConfig, save_dir: Path) -> list[Any]:
     """The configured loggers, writing under ``save_dir`` (pretraining gets its own folder)."""
     section = cfg.get("logger") or {}
-    return [hydra.utils.instantiate(entry, save_dir=str(save_dir)) for entry in section.values()
+    return [instantiate(entry, save_dir=str(save_dir)) for entry in section.values()
             if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
@@ -84,14 +98,14 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, to
     from pscl.transfer import save_pretrained
 
     stage_dir = output_dir / "pretrain"
-    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=datamodule.in_channels,
+    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels,
                                        num_classes=datamodule.num_classes)
-    module = hydra.utils.instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes,
+    module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes,
                                      num_groups=len(datamodule.group_names))
     datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size))
     callbacks = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)]
     callbacks += [c for c in _instantiate_dict(cfg.get("callbacks")) if type(c).__name__ == "TQDMProgressBar"]
-    trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs),
+    trainer = instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs),
                                       logger=_stage_loggers(cfg, stage_dir) or False, callbacks=callbacks,
                                       limit_val_batches=0, default_root_dir=str(stage_dir))
     log.info("pretraining %s for %d epochs", cfg.method.name, int(cfg.method.pretrain_epochs))
@@ -129,7 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
 
@@ -161,12 +175,12 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     """Fine-tune (or train from scratch) and test the final model; returns the test metrics."""
     from pscl.transfer import transfer_weights
 
-    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=datamodule.in_channels,
+    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels,
                                        num_classes=datamodule.num_classes)
     if pretrained is not None:
         keys = transfer_weights(backbone, pretrained)
         log.info("fine-tuning from %d pretrained encoder/decoder tensors", len(keys))
-    model = hydra.utils.instantiate(cfg.finetune, backbone=backbone, class_names=datamodule.class_names,
+    model = instantiate(cfg.finetune, backbone=backbone, class_names=datamodule.class_names,
                                     class_weights=cfg.data.get("class_weights"))
     # Without a val split there is nothing to validate on (the test set is never used for that).
     extra = {} if datamodule.index.val_ids else {"limit_val_batches": 0}
