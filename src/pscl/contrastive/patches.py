@@ -31,6 +31,12 @@ class PatchSample:
     k: int
 
 
+def _rows(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) -> (B, h * w, D); no copy when the map is channels-last (the UNet's default)."""
+    batch, dim, height, width = feature_map.shape
+    return feature_map.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
+
+
 def sample_patches(query_map: torch.Tensor, key_map: torch.Tensor, flip: torch.Tensor, rot_k: torch.Tensor,
                    crop: torch.Tensor, annotated_mask: torch.Tensor, num_classes: int, k: int,
                    guided: bool = True, generator: torch.Generator | None = None) -> PatchSample:
@@ -42,8 +48,8 @@ def sample_patches(query_map: torch.Tensor, key_map: torch.Tensor, flip: torch.T
     """
     batch, _, grid, _ = query_map.shape
     pairs = batch_correspondence(flip, rot_k, crop, grid, image_size=int(annotated_mask.shape[-1]))
-    # (B, D, h*w) views; advanced indexing below gathers only the sampled cells (no full copy)
-    q_cells, k_cells = query_map.flatten(2), key_map.flatten(2)
+    # (B, h*w, D) rows: a free view of channels-last maps; indexing then gathers only the sampled cells
+    q_cells, k_cells = _rows(query_map), _rows(key_map)
     qidx0, kidx0 = pairs[0]
     if guided:
         scores = cell_label_scores(annotated_mask, grid, num_classes, qidx0)
@@ -51,12 +57,12 @@ def sample_patches(query_map: torch.Tensor, key_map: torch.Tensor, flip: torch.T
     else:  # the paper's ablation: random cells, no label information
         sel0 = random_sample(qidx0.numel(), num_classes, k, generator)
         values = torch.ones(num_classes, k, device=query_map.device)
-    templates = k_cells[0][:, kidx0[sel0]].T.detach()
+    templates = k_cells[0, kidx0[sel0]].detach()
     q_index, k_index = [qidx0[sel0]], [kidx0[sel0]]
     for b in range(1, batch):
         qidx, kidx = pairs[b]
         if guided:
-            chosen = similarity_guided_sample(templates, k_cells[b][:, kidx].T.detach())
+            chosen = similarity_guided_sample(templates, k_cells[b, kidx].detach())
         else:
             chosen = random_sample(qidx.numel(), num_classes, k, generator)
         q_index.append(qidx[chosen])
@@ -66,8 +72,8 @@ def sample_patches(query_map: torch.Tensor, key_map: torch.Tensor, flip: torch.T
     image = torch.arange(batch, device=device).repeat_interleave(per_image)
     slots = torch.arange(per_image, device=device).div(k, rounding_mode="floor").repeat(batch)
     return PatchSample(
-        query=q_cells[image, :, torch.cat(q_index).to(device)],
-        key=k_cells[image, :, torch.cat(k_index).to(device)],
+        query=q_cells[image, torch.cat(q_index).to(device)],
+        key=k_cells[image, torch.cat(k_index).to(device)],
         slots=slots,
         image=image,
         values=values.to(query_map.device),
