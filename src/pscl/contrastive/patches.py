@@ -5,7 +5,9 @@ and view-2 cells see the same place (:mod:`pscl.contrastive.correspondence`). On
 image ``K`` cells per class are drawn from its mask (label-guided); on every other image each of
 those templates picks its most similar free cell, whose class slot it inherits
 (similarity-guided). The result pairs the view-1 ("query") and view-2 ("key") features of the
-same physical locations, in class-slot order.
+same physical locations, in class-slot order. Only cell indices are returned: the dense
+projection heads are per-pixel, so the PSCL module applies them with gradient to the sampled
+cells alone instead of to whole maps.
 """
 
 from __future__ import annotations
@@ -22,61 +24,65 @@ from pscl.contrastive.sampling import label_guided_sample, random_sample, simila
 class PatchSample:
     """Sampled patches of one scale. Rows are image-major, then class slot, then k."""
 
-    query: torch.Tensor  # (B * C * K, D) view-1 features at the sampled places (with gradient)
-    key: torch.Tensor  # (B * C * K, D) view-2 features at the same places
-    slots: torch.Tensor  # (B * C * K,) class slot of every row
-    image: torch.Tensor  # (B * C * K,) batch index of every row
+    image: torch.Tensor  # (N,) batch index of every row, N = B * C * K
+    query_cell: torch.Tensor  # (N,) flat view-1 cell (h * w grid) of every row
+    key_cell: torch.Tensor  # (N,) flat view-2 cell covering the same place
+    slots: torch.Tensor  # (N,) class slot of every row
     values: torch.Tensor  # (C, K) label scores of the annotated image's sampled cells
     num_classes: int
     k: int
 
 
-def _rows(feature_map: torch.Tensor) -> torch.Tensor:
+def rows(feature_map: torch.Tensor) -> torch.Tensor:
     """(B, D, h, w) -> (B, h * w, D); no copy when the map is channels-last (the UNet's default)."""
     batch, dim, height, width = feature_map.shape
     return feature_map.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
 
 
-def sample_patches(query_map: torch.Tensor, key_map: torch.Tensor, flip: torch.Tensor, rot_k: torch.Tensor,
-                   crop: torch.Tensor, annotated_mask: torch.Tensor, num_classes: int, k: int,
-                   guided: bool = True, generator: torch.Generator | None = None) -> PatchSample:
+def gather_rows(feature_map: torch.Tensor, image: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Features of the given cells: (B, D, h, w), (N,), (N,) -> (N, D), gradient kept."""
+    return rows(feature_map)[image, cells]
+
+
+@torch.no_grad()
+def sample_patches(match_map: torch.Tensor, flip: torch.Tensor, rot_k: torch.Tensor, crop: torch.Tensor,
+                   annotated_mask: torch.Tensor, num_classes: int, k: int, guided: bool = True,
+                   generator: torch.Generator | None = None) -> PatchSample:
     """Sample ``k`` patches per class on every image of the batch at one scale.
 
-    ``query_map`` (B, D, g, g) view-1 embeddings; ``key_map`` (B, D, g, g) view-2 embeddings
-    (used detached for matching); ``flip`` (B,), ``rot_k`` (B,), ``crop`` (B, 4) view-2 geometry;
-    ``annotated_mask`` (S, S) view-1 mask of image 0 (255 = ignore).
+    ``match_map`` (B, D, g, g): view-2 embeddings, used only to match unlabelled cells to the
+    annotated templates; ``flip`` (B,), ``rot_k`` (B,), ``crop`` (B, 4): view-2 geometry;
+    ``annotated_mask`` (S, S): view-1 mask of image 0 (255 = ignore). Returns cell indices; the
+    caller gathers whichever features it needs (:func:`gather_rows`).
     """
-    batch, _, grid, _ = query_map.shape
+    batch, _, grid, _ = match_map.shape
     pairs = batch_correspondence(flip, rot_k, crop, grid, image_size=int(annotated_mask.shape[-1]))
-    # (B, h*w, D) rows: a free view of channels-last maps; indexing then gathers only the sampled cells
-    q_cells, k_cells = _rows(query_map), _rows(key_map)
+    candidates = rows(match_map)
     qidx0, kidx0 = pairs[0]
     if guided:
         scores = cell_label_scores(annotated_mask, grid, num_classes, qidx0)
         sel0, values = label_guided_sample(scores, k, generator)
     else:  # the paper's ablation: random cells, no label information
         sel0 = random_sample(qidx0.numel(), num_classes, k, generator)
-        values = torch.ones(num_classes, k, device=query_map.device)
-    templates = k_cells[0, kidx0[sel0]].detach()
+        values = torch.ones(num_classes, k, device=match_map.device)
+    templates = candidates[0, kidx0[sel0]]
     q_index, k_index = [qidx0[sel0]], [kidx0[sel0]]
     for b in range(1, batch):
         qidx, kidx = pairs[b]
         if guided:
-            chosen = similarity_guided_sample(templates, k_cells[b, kidx].detach())
+            chosen = similarity_guided_sample(templates, candidates[b, kidx])
         else:
             chosen = random_sample(qidx.numel(), num_classes, k, generator)
         q_index.append(qidx[chosen])
         k_index.append(kidx[chosen])
     per_image = num_classes * k
-    device = query_map.device
-    image = torch.arange(batch, device=device).repeat_interleave(per_image)
-    slots = torch.arange(per_image, device=device).div(k, rounding_mode="floor").repeat(batch)
+    device = match_map.device
     return PatchSample(
-        query=q_cells[image, torch.cat(q_index).to(device)],
-        key=k_cells[image, torch.cat(k_index).to(device)],
-        slots=slots,
-        image=image,
-        values=values.to(query_map.device),
+        image=torch.arange(batch, device=device).repeat_interleave(per_image),
+        query_cell=torch.cat(q_index).to(device),
+        key_cell=torch.cat(k_index).to(device),
+        slots=torch.arange(per_image, device=device).div(k, rounding_mode="floor").repeat(batch),
+        values=values.to(device),
         num_classes=num_classes,
         k=k,
     )

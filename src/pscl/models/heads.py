@@ -47,9 +47,14 @@ class DenseProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) features of single cells -> (N, out_dim): the head is per-pixel, so this equals
+        applying it to the whole map and then picking the cells."""
+        return self.net(x[:, :, None, None])[:, :, 0, 0]
+
 
 class PSCLHeads(nn.Module):
-    """The global head and one dense head per decoder scale of a backbone."""
+    """The global head and one dense head per pretrained decoder scale."""
 
     def __init__(self, bottleneck_channels: int, decoder_channels: tuple[int, ...], hidden_dim: int = 128,
                  out_dim: int = 64, groups: int = 4) -> None:
@@ -58,9 +63,7 @@ class PSCLHeads(nn.Module):
         self.dense_heads = nn.ModuleList(
             DenseProjectionHead(c, hidden_dim, out_dim, groups) for c in decoder_channels)
 
-    def forward(self, features: dict) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Backbone features -> ``{"z": (B, out_dim), "dense": [(B, out_dim, h_s, w_s) per scale]}``."""
-        return {
-            "z": self.global_head(features["bottleneck"]),
-            "dense": [head(f) for head, f in zip(self.dense_heads, features["decoder"])],
-        }
+    def forward(self, bottleneck: torch.Tensor, decoder_maps: list[torch.Tensor]) -> dict:
+        """``{"z": (B, out_dim), "dense": [(B, out_dim, h_s, w_s)]}``; one map per dense head, in order."""
+        return {"z": self.global_head(bottleneck),
+                "dense": [head(f) for head, f in zip(self.dense_heads, decoder_maps, strict=True)]}

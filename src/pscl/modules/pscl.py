@@ -36,7 +36,7 @@ from pscl.contrastive.losses import (
     prototype_queue_targets,
     soft_contrastive_loss,
 )
-from pscl.contrastive.patches import PatchSample, sample_patches
+from pscl.contrastive.patches import PatchSample, gather_rows, sample_patches
 from pscl.contrastive.queues import FeatureQueue
 from pscl.data.views import TwoViews
 from pscl.errors import ConfigError
@@ -100,8 +100,9 @@ class PSCLModule(MomentumPretrainModule):
         self.variant = variant
         self.num_classes = int(num_classes)
         self.scales = scales
-        self.heads = PSCLHeads(backbone.bottleneck_channels, tuple(backbone.decoder_channels), head_hidden_dim,
-                               head_out_dim, head_groups)
+        # dense heads only for the pretrained scales (an unused head would stall DDP)
+        self.heads = PSCLHeads(backbone.bottleneck_channels, tuple(backbone.decoder_channels[s] for s in scales),
+                               head_hidden_dim, head_out_dim, head_groups)
         if variant == "moco":
             self.add_momentum_copy("backbone")
             self.add_momentum_copy("heads")
@@ -143,11 +144,13 @@ class PSCLModule(MomentumPretrainModule):
         joined["mask"] = labeled["mask"][0]
         return joined
 
-    def _sample(self, scale_index: int, query_map: torch.Tensor, key_map: torch.Tensor,
-                views: dict[str, torch.Tensor]) -> PatchSample:
+    def _sample(self, scale_index: int, match_map: torch.Tensor, views: dict[str, torch.Tensor]) -> PatchSample:
         scale = self.scales[scale_index]
-        return sample_patches(query_map, key_map, views["flip"], views["rot_k"], views["crop"], views["mask"],
-                              self.num_classes, self.patches_per_class(scale), guided=bool(self.hparams.guided))
+        try:
+            return sample_patches(match_map, views["flip"], views["rot_k"], views["crop"], views["mask"],
+                                  self.num_classes, self.patches_per_class(scale), guided=bool(self.hparams.guided))
+        except ValueError as exc:  # too few cells for the requested patches
+            raise ConfigError("sampling.top_k", str(exc), "lower sampling.top_k or raise data.crop_size") from None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         views = self._join(batch)
@@ -157,51 +160,65 @@ class PSCLModule(MomentumPretrainModule):
         self.log_losses(losses, batch_size=views["x0"].shape[0])
         return losses["loss"]
 
-    def _dense(self, heads_out: dict) -> list[torch.Tensor]:
-        return [heads_out["dense"][s] for s in self.scales]
+    def _decoder_maps(self, features: dict) -> list[torch.Tensor]:
+        return [features["decoder"][s] for s in self.scales]
+
+    @staticmethod
+    def _dense_heads(heads: PSCLHeads) -> list[torch.nn.Module]:
+        return list(heads.dense_heads)
 
     def _simclr_step(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hp = self.hparams
-        out0 = self.heads(self.backbone.forward_features(views["x0"]))
-        out1 = self.heads(self.backbone.forward_features(views["x1"]))
-        image_loss = nt_xent(out0["z"], out1["z"], hp.temperature, gather_distributed=hp.gather_distributed)
+        feats0 = self.backbone.forward_features(views["x0"])
+        feats1 = self.backbone.forward_features(views["x1"])
+        z0, z1 = self.heads.global_head(feats0["bottleneck"]), self.heads.global_head(feats1["bottleneck"])
+        image_loss = nt_xent(z0, z1, hp.temperature, gather_distributed=hp.gather_distributed)
         scale_losses = {}
-        for i, (q_map, k_map) in enumerate(zip(self._dense(out0), self._dense(out1))):
-            patches = self._sample(i, q_map, k_map, views)
+        maps = zip(self._decoder_maps(feats0), self._decoder_maps(feats1), self._dense_heads(self.heads))
+        for i, (dec0, dec1, head) in enumerate(maps):
+            with torch.no_grad():  # view-2 embeddings of every cell, only to match cells to templates
+                match_map = head(dec1)
+            patches = self._sample(i, match_map, views)
+            query = head.forward_rows(gather_rows(dec0, patches.image, patches.query_cell))
+            key = head.forward_rows(gather_rows(dec1, patches.image, patches.key_cell))
             scale_losses[f"patch_loss_s{self.scales[i]}"] = class_masked_nt_xent(
-                patches.query, patches.key, patches.slots, hp.temperature, gather_distributed=hp.gather_distributed)
+                query, key, patches.slots, hp.temperature, gather_distributed=hp.gather_distributed)
         patch_loss = torch.stack(list(scale_losses.values())).mean()
         return {"image_loss": image_loss, "patch_loss": patch_loss, **scale_losses}
 
     def _moco_step(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hp = self.hparams
         step = int(self.global_step)
-        out_q = self.heads(self.backbone.forward_features(views["x0"]))
+        feats_q = self.backbone.forward_features(views["x0"])
         momentum = self.update_momentum_copies()  # before the keys are computed (spec §5.3)
         with torch.no_grad():
-            out_k = self.heads_momentum(self.backbone_momentum.forward_features(views["x1"]))
-        q_img, k_img = F.normalize(out_q["z"], dim=1), F.normalize(out_k["z"], dim=1)
+            feats_k = self.backbone_momentum.forward_features(views["x1"])
+            out_k = self.heads_momentum(feats_k["bottleneck"], self._decoder_maps(feats_k))
+        q_img = F.normalize(self.heads.global_head(feats_q["bottleneck"]), dim=1)
+        k_img = F.normalize(out_k["z"], dim=1)
         groups = views["group"].long()
         queue = self.image_queue
         image_targets = image_queue_targets(groups, queue.group, queue.age(step), queue.valid, hp.image_group_decay)
         image_loss = soft_contrastive_loss(q_img, k_img, queue.features, image_targets, temperature=hp.temperature,
                                            bank_valid=queue.valid)
+        batch = views["x0"].shape[0]
         scale_losses, enqueue = {}, []
-        for i, (q_map, k_map) in enumerate(zip(self._dense(out_q), self._dense(out_k))):
-            q_map, k_map = F.normalize(q_map, dim=1), F.normalize(k_map, dim=1)
-            patches = self._sample(i, q_map, k_map, views)
+        key_maps = out_k["dense"]
+        for i, (dec_q, key_map, head) in enumerate(zip(self._decoder_maps(feats_q), key_maps,
+                                                       self._dense_heads(self.heads))):
+            patches = self._sample(i, key_map, views)
+            # the query head runs on the sampled cells only; losses and matching normalise rows
+            query = head.forward_rows(gather_rows(dec_q, patches.image, patches.query_cell))
+            key = F.normalize(gather_rows(key_map, patches.image, patches.key_cell), dim=1)
             protos = self.prototype_queues[i]
-            row_groups = groups[patches.image]
-            targets = prototype_queue_targets(patches.slots, row_groups, protos.slot, protos.group, protos.age(step),
-                                              protos.valid, hp.patch_group_decay, hp.recency_decay)
+            targets = prototype_queue_targets(patches.slots, groups[patches.image], protos.slot, protos.group,
+                                              protos.age(step), protos.valid, hp.patch_group_decay, hp.recency_decay)
             # how genuine each annotated patch is (fillers of a rare class ~0), reused for every image
-            weights = patch_weights(patches.values).flatten().repeat(views["x0"].shape[0])
+            weights = patch_weights(patches.values).flatten().repeat(batch)
             scale_losses[f"patch_loss_s{self.scales[i]}"] = soft_contrastive_loss(
-                patches.query, patches.key, protos.features, targets, temperature=hp.temperature,
+                query, key, protos.features, targets, temperature=hp.temperature,
                 bank_valid=protos.valid, row_weights=weights)
-            batch = views["x0"].shape[0]
-            key_patches = patches.key.detach().view(batch, patches.num_classes, patches.k, -1)
-            enqueue.append(class_prototypes(key_patches, patches.values))
+            enqueue.append(class_prototypes(key.view(batch, patches.num_classes, patches.k, -1), patches.values))
         patch_loss = torch.stack(list(scale_losses.values())).mean()
         self._enqueue(k_img, groups, enqueue, step)
         return {"image_loss": image_loss, "patch_loss": patch_loss, "momentum": torch.tensor(momentum), **scale_losses}
