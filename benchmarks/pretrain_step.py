@@ -63,8 +63,9 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
     torch.manual_seed(0)
     # the shipped backbone defaults (conf/backbone/*.yaml); PSCL_BENCH_BACKBONE='{"channels_last": false}' overrides
     backbone_options = {"channels_last": True, **json.loads(os.environ.get("PSCL_BENCH_BACKBONE", "{}"))}
-    module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant, top_k=TOP_K[variant],
-                        gather_distributed=False)
+    module_options = json.loads(os.environ.get("PSCL_BENCH_MODULE", "{}"))  # e.g. '{"recompute_views": true}'
+    module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant,
+                        top_k=TOP_K[variant], gather_distributed=False, **module_options)
     module.log_losses = lambda values, batch_size: None
     batch = _batch(module, spec["size"], spec["unlabeled"])
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)

@@ -186,3 +186,23 @@ def test_bad_ratio_from_the_command_line_is_a_clear_error(tmp_path: Path) -> Non
     cfg = compose_config(["method=pscl_simclr", "method.global_local_ratio=1.5", *TINY_SYNTH], tmp_path / "run")
     with pytest.raises(ConfigError, match="global_local_ratio"):
         train(cfg)
+
+
+def test_recomputing_views_gives_the_same_loss_gradients_and_running_stats() -> None:
+    grads, stats, losses = [], [], []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        module = PSCLModule(UNet(1, 4, WIDTHS), num_classes=4, variant="simclr", top_k=2, recompute_views=recompute)
+        module.log_losses = lambda values, batch_size: None
+        torch.manual_seed(1)
+        loss = module.training_step(make_batch(module), 0)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append({k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None})
+        stats.append({k: v.clone() for k, v in module.backbone.state_dict().items() if "running" in k or "tracked" in k})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-3, msg=name)
+    for name in stats[0]:  # updated once per step, not again by the recomputation
+        torch.testing.assert_close(stats[1][name], stats[0][name], msg=name)

@@ -20,11 +20,13 @@ One training step, in the order of the paper (spec §12):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from pscl.contrastive.losses import (
     class_masked_nt_xent,
@@ -45,6 +47,23 @@ from pscl.models.heads import PSCLHeads
 from pscl.modules.pretrain_base import MomentumPretrainModule
 
 VARIANTS = ("simclr", "moco")
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(module: torch.nn.Module, frozen: bool):
+    """Restore every BatchNorm's running statistics on exit (when ``frozen``)."""
+    if not frozen:
+        yield
+        return
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
 
 
 class PSCLModule(MomentumPretrainModule):
@@ -75,6 +94,7 @@ class PSCLModule(MomentumPretrainModule):
         jitter: float = 0.2,
         crop_min: float = 0.8,
         gather_distributed: bool = True,
+        recompute_views: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr: float = 1e-4,
     ) -> None:
@@ -167,10 +187,27 @@ class PSCLModule(MomentumPretrainModule):
     def _dense_heads(heads: PSCLHeads) -> list[torch.nn.Module]:
         return list(heads.dense_heads)
 
+    def _view_features(self, x: torch.Tensor) -> dict:
+        """Backbone features of one view; with ``recompute_views`` its activations are not kept but
+        recomputed in backward, one view at a time (about half the peak memory for one more
+        forward pass). BatchNorm running statistics are updated once, not again when recomputing."""
+        if not (self.hparams.recompute_views and torch.is_grad_enabled()):
+            return self.backbone.forward_features(x)
+        calls = {"n": 0}
+
+        def run(inp: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            calls["n"] += 1
+            with _running_stats_frozen(self.backbone, frozen=calls["n"] > 1):
+                feats = self.backbone.forward_features(inp)
+            return (feats["bottleneck"], *feats["decoder"])
+
+        bottleneck, *decoder = checkpoint(run, x, use_reentrant=False)
+        return {"bottleneck": bottleneck, "decoder": list(decoder)}
+
     def _simclr_step(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hp = self.hparams
-        feats0 = self.backbone.forward_features(views["x0"])
-        feats1 = self.backbone.forward_features(views["x1"])
+        feats0 = self._view_features(views["x0"])
+        feats1 = self._view_features(views["x1"])
         z0, z1 = self.heads.global_head(feats0["bottleneck"]), self.heads.global_head(feats1["bottleneck"])
         image_loss = nt_xent(z0, z1, hp.temperature, gather_distributed=hp.gather_distributed)
         scale_losses = {}
