@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -93,3 +95,12 @@ def compose_config(overrides: Sequence[str], output_dir: Path):
         cfg.paths.log_dir = str(output_dir.parent / "logs")
         cfg.paths.cache_dir = str(output_dir.parent / "cache")
     return cfg
+
+
+def run_cli(args: Sequence[str], cwd: Path, cache: Path | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+    """``pscl-train ARGS`` in a subprocess, logging under ``cwd/logs``, without Hydra's full tracebacks."""
+    env = {**os.environ, "PSCL_LOG_DIR": str(cwd / "logs"), "PSCL_CACHE_DIR": str(cache or cwd / "cache")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "pscl.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

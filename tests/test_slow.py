@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from pscl.data.synthetic import SyntheticSpec, ensure_dataset
 from pscl.intensity_baseline import evaluate_folder
 
 pytestmark = pytest.mark.slow
 
 
-def run_cli(args: list[str], cwd: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PSCL_LOG_DIR": str(cwd / "logs"), "PSCL_CACHE_DIR": str(cache or cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "pscl.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=1800)
+# a full pretraining and fine-tuning on 2 cores takes minutes
+SLOW_TIMEOUT = 1800
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +38,8 @@ def test_one_annotated_image_beats_the_intensity_baseline(tmp_path: Path, synthe
     the UNet trained on a single annotated image (experiment=quick, supervised).
     """
     cache, baseline = synthetic_cache
-    proc = run_cli(["experiment=quick", "callbacks.progress_bar.refresh_rate=0"], tmp_path, cache)
+    proc = run_cli(["experiment=quick", "callbacks.progress_bar.refresh_rate=0"], tmp_path, cache,
+                   timeout=SLOW_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     unet = _single_run_metrics(tmp_path)["test"]["dice"]
     assert unet > baseline + 0.15, (unet, baseline)
@@ -51,7 +48,8 @@ def test_one_annotated_image_beats_the_intensity_baseline(tmp_path: Path, synthe
 def test_make_run_job_end_to_end(tmp_path: Path, synthetic_cache) -> None:
     """`make run`: PSCL-SimCLR pretraining, 1-shot fine-tuning and test on the synthetic data."""
     cache, baseline = synthetic_cache
-    proc = run_cli(["experiment=quick", "method=pscl_simclr", "callbacks.progress_bar.refresh_rate=0"], tmp_path, cache)
+    proc = run_cli(["experiment=quick", "method=pscl_simclr", "callbacks.progress_bar.refresh_rate=0"], tmp_path,
+                   cache, timeout=SLOW_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = _single_run_metrics(tmp_path)
     assert results["method"] == "pscl_simclr" and results["transferred_keys"] > 0
@@ -62,7 +60,8 @@ def test_make_run_job_end_to_end(tmp_path: Path, synthetic_cache) -> None:
 def test_ddp_on_two_cpu_processes(make_folder, tmp_path: Path) -> None:
     root = make_folder(n=8)
     proc = run_cli(["data=folder", f"data.root={root}", "data.crop_size=32", "trainer=ddp_sim", "debug=limit",
-                    "backbone=unet_small", "logger=csv", "callbacks.progress_bar.refresh_rate=0"], tmp_path)
+                    "backbone=unet_small", "logger=csv", "callbacks.progress_bar.refresh_rate=0"], tmp_path,
+                   timeout=SLOW_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")
     results = json.loads(metrics_file.read_text())

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SHARED_NASA, compose_config
+from conftest import SHARED_NASA, compose_config, run_cli
 from pscl.train import train
 
-CLI = [sys.executable, "-m", "pscl.train"]
 TINY = ["backbone=unet_small", "backbone.widths=[8,16,32,64]", "logger=csv"]
 
 
@@ -83,13 +79,6 @@ def test_short_training_beats_the_untrained_model(make_folder, tmp_path: Path) -
     assert {"test/dice", "test/acc", "train/loss"} <= set(events.Tags()["scalars"])
     assert events.Scalars("test/dice")[-1].value == pytest.approx(results["test"]["dice"], rel=1e-5)
     assert sum(t.startswith("test/prediction/") for t in events.Tags()["images"]) == 2
-
-
-def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PSCL_LOG_DIR": str(cwd / "logs"), "PSCL_CACHE_DIR": str(cwd / "cache"),
-           "HYDRA_FULL_ERROR": "", **(env_extra or {})}
-    env.pop("HYDRA_FULL_ERROR")
-    return subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_multirun_gives_each_run_its_own_folder(make_folder, tmp_path: Path) -> None:

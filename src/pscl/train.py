@@ -65,11 +65,11 @@ def instantiate(config: Any, **kwargs: Any) -> Any:
         raise
 
 
-def _instantiate_dict(section: DictConfig | None) -> list[Any]:
+def _instantiate_dict(section: DictConfig | None, **kwargs: Any) -> list[Any]:
     """Instantiate every entry of a ``{name: {_target_: ...}}`` section (loggers, callbacks)."""
     if not section:
         return []
-    return [instantiate(entry) for entry in section.values()
+    return [instantiate(entry, **kwargs) for entry in section.values()
             if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
@@ -78,13 +78,6 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     loggers = _instantiate_dict(cfg.get("logger"))
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
-
-
-def _stage_loggers(cfg: DictConfig, save_dir: Path) -> list[Any]:
-    """The configured loggers, writing under ``save_dir`` (pretraining gets its own folder)."""
-    section = cfg.get("logger") or {}
-    return [instantiate(entry, save_dir=str(save_dir)) for entry in section.values()
-            if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
 def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, torch.Tensor]:
@@ -98,16 +91,17 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, to
     from pscl.transfer import save_pretrained
 
     stage_dir = output_dir / "pretrain"
-    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels,
-                                       num_classes=datamodule.num_classes)
-    module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes,
-                                     num_groups=len(datamodule.group_names))
+    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
+    module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes)
     datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size))
+    # only the progress bar of the configured callbacks applies: no predictions, own checkpoints
     callbacks = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)]
-    callbacks += [c for c in _instantiate_dict(cfg.get("callbacks")) if type(c).__name__ == "TQDMProgressBar"]
-    trainer = instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs),
-                                      logger=_stage_loggers(cfg, stage_dir) or False, callbacks=callbacks,
-                                      limit_val_batches=0, default_root_dir=str(stage_dir))
+    progress_bar = (cfg.get("callbacks") or {}).get("progress_bar")
+    if progress_bar is not None:
+        callbacks.append(instantiate(progress_bar))
+    loggers = _instantiate_dict(cfg.get("logger"), save_dir=str(stage_dir))
+    trainer = instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs), logger=loggers or False,
+                          callbacks=callbacks, limit_val_batches=0, default_root_dir=str(stage_dir))
     log.info("pretraining %s for %d epochs", cfg.method.name, int(cfg.method.pretrain_epochs))
     trainer.fit(module, datamodule=datamodule)
     datamodule.use_pretraining(None)
@@ -175,8 +169,7 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     """Fine-tune (or train from scratch) and test the final model; returns the test metrics."""
     from pscl.transfer import transfer_weights
 
-    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels,
-                                       num_classes=datamodule.num_classes)
+    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
     if pretrained is not None:
         keys = transfer_weights(backbone, pretrained)
         log.info("fine-tuning from %d pretrained encoder/decoder tensors", len(keys))

@@ -90,9 +90,10 @@ class MicrographDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the embedded synthetic dataset once (rank 0 only, cached on disk)."""
         if self.root is None:
-            self.root = self._synthetic_root(generate=True)
+            self.root = self._synthetic_root()
 
-    def _synthetic_root(self, generate: bool) -> Path:
+    def _synthetic_root(self) -> Path:
+        """The cached synthetic dataset of ``data.synthetic``, generated on first use."""
         from pscl.data.synthetic import SyntheticSpec, ensure_dataset
 
         spec_kwargs = {k: tuple(v) if k == "counts" else v for k, v in (self.synthetic or {}).items()}
@@ -100,16 +101,14 @@ class MicrographDataModule(pl.LightningDataModule):
             spec = SyntheticSpec(**spec_kwargs)
         except TypeError as exc:
             raise ConfigError("data.synthetic", str(exc), "valid keys: counts, size, seed, test_fraction") from None
-        if generate:
-            return ensure_dataset(self.cache_dir, spec)
-        return self.cache_dir / spec.cache_key()
+        return ensure_dataset(self.cache_dir, spec)
 
     def setup(self, stage: str | None = None) -> None:
         """Index and check the folder, load the annotated images, pick this round's labels."""
         if self.index is not None:
             return
         if self.root is None:
-            self.root = self._synthetic_root(generate=True)
+            self.root = self._synthetic_root()
         hp = self.hparams
         self.index = index_dataset(self.root, hp.layout, split_seed=hp.split_seed,
                                    test_fraction=hp.test_fraction, val_fraction=hp.val_fraction)

@@ -75,7 +75,6 @@ class PSCLModule(MomentumPretrainModule):
         self,
         backbone: SegmentationBackbone,
         num_classes: int,
-        num_groups: int = 0,
         variant: str = "simclr",
         global_local_ratio: float = 0.7,
         temperature: float = 0.5,
