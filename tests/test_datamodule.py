@@ -162,3 +162,10 @@ def test_augmentation_is_reproducible_under_a_seed(make_folder, workers: int) ->
     # every item is its own random crop, also across workers
     flat = torch.cat(first).flatten(1)
     assert len({tuple(row[:50].tolist()) for row in flat}) == flat.shape[0]
+
+
+@pytest.mark.parametrize("spec", [{"size": -3}, {"colour": "red"}])
+def test_bad_synthetic_spec_is_a_config_error(tmp_path: Path, spec: dict) -> None:
+    dm = MicrographDataModule(synthetic=spec, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="data.synthetic"):
+        dm.prepare_data()

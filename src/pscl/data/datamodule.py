@@ -99,7 +99,7 @@ class MicrographDataModule(pl.LightningDataModule):
         spec_kwargs = {k: tuple(v) if k == "counts" else v for k, v in (self.synthetic or {}).items()}
         try:
             spec = SyntheticSpec(**spec_kwargs)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # unknown key, or a value the generator rejects
             raise ConfigError("data.synthetic", str(exc), "valid keys: counts, size, seed, test_fraction") from None
         return ensure_dataset(self.cache_dir, spec)
 
