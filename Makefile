@@ -33,7 +33,7 @@ test-slow: install ## the slow end-to-end tests only
 test-all: install ## every test
 	$(PY) -m pytest -m "slow or not slow"
 
-bench: install ## PSCL pretraining step time and peak memory, paper and quick configurations (slow)
+bench: install ## PSCL pretraining step time and peak memory, paper / low-memory / quick configurations (~10 min)
 	$(PY) benchmarks/pretrain_step.py --json benchmarks/results.json
 
 lock: install ## rewrite the constraints file from the installed versions

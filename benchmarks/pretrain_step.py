@@ -28,6 +28,8 @@ CONFIGS = {
     "paper": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256)},
     # experiment=quick: 128 px crops, small UNet
     "quick": {"size": 128, "unlabeled": 8, "widths": (16, 32, 64, 128)},
+    # the paper's configuration with every UNet block recomputed in backward (backbone.checkpoint_blocks=all)
+    "paper_lowmem": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256), "backbone": {"checkpoint_blocks": "all"}},
 }
 TOP_K = {"simclr": 4, "moco": 30}
 
@@ -62,7 +64,8 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
     spec = CONFIGS[config]
     torch.manual_seed(0)
     # the shipped backbone defaults (conf/backbone/*.yaml); PSCL_BENCH_BACKBONE='{"channels_last": false}' overrides
-    backbone_options = {"channels_last": True, **json.loads(os.environ.get("PSCL_BENCH_BACKBONE", "{}"))}
+    backbone_options = {"channels_last": True, **spec.get("backbone", {}),
+                        **json.loads(os.environ.get("PSCL_BENCH_BACKBONE", "{}"))}
     module_options = json.loads(os.environ.get("PSCL_BENCH_MODULE", "{}"))  # e.g. '{"recompute_views": true}'
     module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant,
                         top_k=TOP_K[variant], gather_distributed=False, **module_options)
@@ -111,37 +114,39 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
         "threads": torch.get_num_threads(),
+        "allocator": os.environ.get("PSCL_ALLOCATOR_IN_EFFECT", "unchanged"),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="paper,quick")
+    parser.add_argument("--configs", default="paper,paper_lowmem,quick")
     parser.add_argument("--variants", default="simclr,moco")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc at its defaults")
+    parser.add_argument("--allocator", choices=("mimalloc", "glibc-tuned", "glibc"),
+                        default=os.environ.get("PSCL_ALLOCATOR", "mimalloc"),
+                        help="memory allocator of the timed processes (pscl.perf; default: as pscl-train)")
     parser.add_argument("--one", nargs=3, metavar=("CONFIG", "VARIANT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    os.environ["PSCL_ALLOCATOR"] = args.allocator
     if args.one:
-        if not args.no_malloc_tuning:
-            from pscl.perf import tune_allocator
+        from pscl.perf import configure_allocator
 
-            tune_allocator()
+        os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = configure_allocator()  # may re-execute with mimalloc
         print(json.dumps(run_one(*args.one, steps=args.steps)))
         return 0
     rows = []
     for config in args.configs.split(","):
         for variant in args.variants.split(","):
             for mode in ("bare", "pscl"):
-                extra = ["--no-malloc-tuning"] if args.no_malloc_tuning else []
-                proc = subprocess.run([sys.executable, __file__, "--one", config, variant, mode,
-                                       "--steps", str(args.steps), *extra], capture_output=True, text=True, check=True)
+                proc = subprocess.run([sys.executable, __file__, "--one", config, variant, mode, "--steps", str(args.steps),
+                                       "--allocator", args.allocator], capture_output=True, text=True, check=True)
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(f"{config:6s} {variant:7s} {mode:5s} {row['seconds_per_step']:8.2f} s/step "
                       f"(min {row['min_seconds']:.2f})  peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
-    result = {"machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+    result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "allocator": args.allocator,
               "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

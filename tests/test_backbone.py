@@ -65,8 +65,8 @@ def test_bad_widths() -> None:
         UNet(widths=(8, 16, 32))
 
 
-@pytest.mark.parametrize("options", [{"channels_last": True}, {"checkpoint_full_resolution": True},
-                                     {"channels_last": True, "checkpoint_full_resolution": True}])
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"checkpoint_blocks": "full_resolution"}, {"checkpoint_blocks": "all"},
+                                     {"channels_last": True, "checkpoint_blocks": "all"}])
 def test_memory_options_do_not_change_the_maths(options: dict) -> None:
     torch.manual_seed(0)
     plain = UNet(1, 3, widths=(8, 16, 32, 64))
@@ -79,10 +79,24 @@ def test_memory_options_do_not_change_the_maths(options: dict) -> None:
     out_tuned.square().mean().backward()
     for (name, a), (_, b) in zip(plain.named_parameters(), tuned.named_parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-3, msg=name)
+    # recomputation in backward must not update BatchNorm's running statistics a second time
+    for (name, a), (_, b) in zip(plain.named_buffers(), tuned.named_buffers()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_allocator_tuning_reports_what_it_did(monkeypatch) -> None:
-    from pscl.perf import tune_allocator
+def test_checkpointing_actually_recomputes() -> None:
+    """With every block checkpointed, each block's forward runs twice per training step."""
+    calls = {"n": 0}
+    model = UNet(1, 3, widths=(8, 16, 32, 64), checkpoint_blocks="all")
+    # a pre-hook: the recomputation may stop early, before forward hooks would run
+    model.encoder.down2.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    model(torch.randn(2, 1, 32, 32)).sum().backward()
+    assert calls["n"] == 2
+    with torch.no_grad():  # inference keeps nothing for backward, so nothing to recompute
+        model(torch.randn(2, 1, 32, 32))
+    assert calls["n"] == 3
 
-    monkeypatch.setenv("PSCL_MALLOC_TUNING", "0")
-    assert tune_allocator() is False
+
+def test_bad_checkpoint_choice() -> None:
+    with pytest.raises(ConfigError, match="backbone.checkpoint_blocks"):
+        UNet(widths=(8, 16, 32, 64), checkpoint_blocks="some")

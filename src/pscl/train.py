@@ -93,7 +93,8 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, to
     stage_dir = output_dir / "pretrain"
     backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
     module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes)
-    datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size))
+    datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size),
+                               annotated=module.uses_labels)
     # only the progress bar of the configured callbacks applies: no predictions, own checkpoints
     callbacks = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)]
     progress_bar = (cfg.get("callbacks") or {}).get("progress_bar")
@@ -110,6 +111,34 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, to
         save_pretrained(state, stage_dir / "pretrained.pt",
                         {"method": cfg.method.name, "labeled_ids": list(datamodule.labeled_ids)})
     return state
+
+
+def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Pretrain, or load an earlier run's pretraining when its config is the same (pscl.pretrain_cache).
+
+    Returns the transferable weights and what happened (``{"reused", "key", "source"}``).
+    """
+    from pscl import pretrain_cache
+    from pscl.transfer import load_pretrained
+
+    module_class = hydra.utils.get_class(cfg.method.pretrain._target_)
+    if module_class.uses_labels:
+        log.info("pretraining %s for this round: its patch sampling uses the annotated images", cfg.method.name)
+        return pretrain(cfg, datamodule, output_dir), {"reused": False, "key": None, "source": None}
+    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool())
+    key = pretrain_cache.pretraining_key(config)
+    folder = pretrain_cache.cache_folder(cfg.paths.cache_dir, cfg.method.name, key)
+    cached = folder / "pretrained.pt"
+    if cfg.get("reuse_pretraining", True) and cached.is_file():
+        log.info("reusing pretraining %s-%s from %s (same pretraining config; reuse_pretraining=false redoes it)",
+                 cfg.method.name, key, cached)
+        return load_pretrained(cached), {"reused": True, "key": key, "source": str(cached)}
+    log.info("pretraining %s (config key %s; later runs with the same pretraining config reuse it)",
+             cfg.method.name, key)
+    state = pretrain(cfg, datamodule, output_dir)
+    if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
+        pretrain_cache.store(folder, output_dir / "pretrain" / "pretrained.pt", config)
+    return state, {"reused": False, "key": key, "source": str(output_dir / "pretrain" / "pretrained.pt")}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -133,6 +162,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                           "add pretrained_ckpt=<run>/pretrain/pretrained.pt, or use stage=both")
     if cfg.get("print_config"):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("memory allocator: %s (PSCL_ALLOCATOR; docs/performance.md)",
+             os.environ.get("PSCL_ALLOCATOR_IN_EFFECT", "unchanged"))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -142,10 +173,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
 
     pretrained: dict[str, torch.Tensor] | None = None
+    pretraining: dict[str, Any] = {"reused": False, "key": None, "source": None}
     if cfg.get("pretrained_ckpt"):
         pretrained = load_pretrained(cfg.pretrained_ckpt)
+        pretraining["source"] = str(cfg.pretrained_ckpt)
     elif has_pretraining:
-        pretrained = pretrain(cfg, datamodule, output_dir)
+        pretrained, pretraining = pretrain_or_reuse(cfg, datamodule, output_dir)
     results: dict[str, Any] = {
         "method": cfg.method.name,
         "num_labeled": cfg.data.num_labeled,
@@ -153,9 +186,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "labeled_ids": list(datamodule.labeled_ids),
         "data_root": str(datamodule.root),
         "test": {},
+        "pretraining": pretraining,
         "output_dir": str(output_dir),
     }
     if stage != "pretrain":
+        # the same random stream for fine-tuning whether pretraining ran, was reused or was absent
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
         results["test"] = finetune(cfg, datamodule, pretrained)
         results["transferred_keys"] = 0 if pretrained is None else len(pretrained)
     results["wall_time_s"] = round(time.time() - started, 1)
@@ -261,9 +297,14 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Console script ``pscl-train``; exits non-zero if any job of a multirun failed."""
-    from pscl.perf import tune_allocator
+    from pscl.perf import configure_allocator
 
-    tune_allocator()
+    try:
+        allocator = configure_allocator()  # may re-execute this command with mimalloc preloaded
+    except ValueError as exc:
+        print(f"pscl-train: {exc}", file=sys.stderr)
+        sys.exit(2)
+    os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = allocator
     _hydra_main()
     if _failed_runs:
         print(f"pscl-train: {len(_failed_runs)} run(s) failed; see FAILED in:\n  " + "\n  ".join(_failed_runs),

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from pscl.errors import ConfigError
+from pscl.models.checkpointing import CHECKPOINT_CHOICES, checkpoint_block
 from pscl.models.base import BackboneFeatures, SegmentationBackbone
 
 
@@ -70,6 +70,13 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
+def _run(block: nn.Module, checkpointed: bool, *inputs: torch.Tensor) -> torch.Tensor:
+    """Run ``block``, recomputing its activations in backward when ``checkpointed``."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint_block(block, *inputs)
+    return block(*inputs)
+
+
 class UNetEncoder(nn.Module):
     """inc + three down blocks; returns the four maps, finest first."""
 
@@ -80,16 +87,14 @@ class UNetEncoder(nn.Module):
         self.down2 = Down(widths[1], widths[2])
         self.down3 = Down(widths[2], widths[3])
 
-    checkpoint_inc = False
+    checkpoint_blocks = "none"
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.checkpoint_inc and torch.is_grad_enabled():
-            x1 = checkpoint(self.inc, x, use_reentrant=False)
-        else:
-            x1 = self.inc(x)
-        x2 = self.down1(x1)
-        x3 = self.down2(x2)
-        return [x1, x2, x3, self.down3(x3)]
+        every = self.checkpoint_blocks == "all"
+        x1 = _run(self.inc, self.checkpoint_blocks != "none", x)
+        x2 = _run(self.down1, every, x1)
+        x3 = _run(self.down2, every, x2)
+        return [x1, x2, x3, _run(self.down3, every, x3)]
 
 
 class UNetDecoder(nn.Module):
@@ -101,17 +106,14 @@ class UNetDecoder(nn.Module):
         self.up2 = Up(widths[2], widths[1])
         self.up3 = Up(widths[1], widths[0])
 
-    checkpoint_up3 = False
+    checkpoint_blocks = "none"
 
     def forward(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
         x1, x2, x3, x4 = skips
-        d4 = self.up1(x4, x3)
-        d2 = self.up2(d4, x2)
-        if self.checkpoint_up3 and torch.is_grad_enabled():
-            d1 = checkpoint(self.up3, d2, x1, use_reentrant=False)
-        else:
-            d1 = self.up3(d2, x1)
-        return [d4, d2, d1]
+        every = self.checkpoint_blocks == "all"
+        d4 = _run(self.up1, every, x4, x3)
+        d2 = _run(self.up2, every, d4, x2)
+        return [d4, d2, _run(self.up3, self.checkpoint_blocks != "none", d2, x1)]
 
 
 class UNet(SegmentationBackbone):
@@ -119,11 +121,13 @@ class UNet(SegmentationBackbone):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4,
                  widths: Sequence[int] = (32, 64, 128, 256), channels_last: bool = False,
-                 checkpoint_full_resolution: bool = False) -> None:
+                 checkpoint_blocks: str = "none") -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 4 or any(w < 2 or w % 2 for w in widths):
             raise ConfigError("backbone.widths", f"needs four even widths (one per level), got {list(widths)}")
+        if checkpoint_blocks not in CHECKPOINT_CHOICES:
+            raise ConfigError("backbone.checkpoint_blocks", f"must be one of {CHECKPOINT_CHOICES}, got {checkpoint_blocks!r}")
         if num_classes < 2:
             raise ConfigError("num_classes", f"needs at least 2 classes, got {num_classes}")
         self.in_channels, self.num_classes, self.widths = in_channels, num_classes, widths
@@ -136,12 +140,17 @@ class UNet(SegmentationBackbone):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        # recompute the two full-resolution blocks in the backward pass instead of storing them
-        self.encoder.checkpoint_inc = checkpoint_full_resolution
-        self.decoder.checkpoint_up3 = checkpoint_full_resolution
+        # blocks whose activations are recomputed in backward instead of stored: none, the two
+        # full-resolution ones, or all seven (BatchNorm statistics are updated once either way)
+        self.encoder.checkpoint_blocks = self.decoder.checkpoint_blocks = checkpoint_blocks
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward_features(self, x: torch.Tensor) -> BackboneFeatures:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        skips = self.encoder(x)
+        skips = self.encoder(self._prepare(x))
         return {"bottleneck": skips[-1], "decoder": self.decoder(skips)}
+
+    def forward_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder only: what the image-level baselines pretrain."""
+        return self.encoder(self._prepare(x))[-1]

@@ -20,13 +20,11 @@ One training step, in the order of the paper (spec §12):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from pscl.contrastive.losses import (
     class_masked_nt_xent,
@@ -43,27 +41,11 @@ from pscl.contrastive.queues import FeatureQueue
 from pscl.data.views import TwoViews
 from pscl.errors import ConfigError
 from pscl.models.base import SegmentationBackbone
+from pscl.models.checkpointing import checkpoint_block
 from pscl.models.heads import PSCLHeads
 from pscl.modules.pretrain_base import MomentumPretrainModule
 
 VARIANTS = ("simclr", "moco")
-
-
-@contextlib.contextmanager
-def _running_stats_frozen(module: torch.nn.Module, frozen: bool):
-    """Restore every BatchNorm's running statistics on exit (when ``frozen``)."""
-    if not frozen:
-        yield
-        return
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-    try:
-        yield
-    finally:
-        for m, (mean, var, count) in zip(norms, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
 
 
 class PSCLModule(MomentumPretrainModule):
@@ -192,15 +174,12 @@ class PSCLModule(MomentumPretrainModule):
         forward pass). BatchNorm running statistics are updated once, not again when recomputing."""
         if not (self.hparams.recompute_views and torch.is_grad_enabled()):
             return self.backbone.forward_features(x)
-        calls = {"n": 0}
 
         def run(inp: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            calls["n"] += 1
-            with _running_stats_frozen(self.backbone, frozen=calls["n"] > 1):
-                feats = self.backbone.forward_features(inp)
+            feats = self.backbone.forward_features(inp)
             return (feats["bottleneck"], *feats["decoder"])
 
-        bottleneck, *decoder = checkpoint(run, x, use_reentrant=False)
+        bottleneck, *decoder = checkpoint_block(run, x, stats_of=self.backbone)
         return {"bottleneck": bottleneck, "decoder": list(decoder)}
 
     def _simclr_step(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
