@@ -26,6 +26,7 @@ __all__ = [
     "nt_xent",
     "patch_weights",
     "prototype_queue_targets",
+    "queue_info_nce",
     "soft_contrastive_loss",
 ]
 
@@ -207,6 +208,26 @@ def soft_contrastive_loss(
     if row_weights is not None:
         row_loss = row_loss * row_weights.to(row_loss)
     return row_loss.mean()
+
+
+def queue_info_nce(q: Tensor, k: Tensor, bank: Tensor, temperature: float = 0.2,
+                   bank_valid: Tensor | None = None) -> Tensor:
+    """MoCo's InfoNCE: each query's positive is its own key, the negatives are the queue -> scalar.
+
+    ``q``, ``k`` (N, D), ``bank`` (Q, D), all L2-normalised here; ``bank_valid`` (Q,) bool removes
+    never-written entries. ``mean_n -log softmax([q_n.k_n, q_n.bank^T] / t)[0]``.
+    """
+    if q.dim() != 2 or q.shape != k.shape or bank.dim() != 2 or bank.shape[1] != q.shape[1]:
+        raise ValueError(f"need q, k (N, D) and bank (Q, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(bank.shape)}")
+    q = F.normalize(_working_dtype(q), dim=1)
+    k = F.normalize(_working_dtype(k), dim=1).to(q)
+    bank = F.normalize(_working_dtype(bank).to(q), dim=1)
+    positive = (q * k).sum(dim=1, keepdim=True) / temperature  # (N, 1)
+    negatives = q @ bank.T / temperature  # (N, Q)
+    if bank_valid is not None:
+        negatives = negatives.masked_fill(~bank_valid.to(device=q.device, dtype=torch.bool)[None, :], float("-inf"))
+    logits = torch.cat([positive, negatives], dim=1)
+    return (torch.logsumexp(logits, dim=1) - positive[:, 0]).mean()
 
 
 def image_queue_targets(

@@ -85,6 +85,7 @@ class MicrographDataModule(pl.LightningDataModule):
         self._images: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
         self._pretrain_views: Callable[..., dict] | None = None
+        self._pretrain_annotated = True
 
     # ---------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -211,7 +212,7 @@ class MicrographDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         if self._pretrain_views is not None:
-            return self.pretrain_dataloader(self._pretrain_views)
+            return self.pretrain_dataloader(self._pretrain_views, self._pretrain_annotated)
         return self._loader(self.labeled_dataset(), int(self.hparams.batch_size), shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -228,12 +229,19 @@ class MicrographDataModule(pl.LightningDataModule):
     def _group_index(self) -> dict[str, int]:
         return {g: k for k, g in enumerate(self.group_names)}
 
-    def unlabeled_dataset(self, views: Callable[..., dict]) -> ViewsDataset:
-        """The pretraining pool: every train image (labels unused) plus ``unlabeled/``."""
+    def _pool_samples(self) -> list:
         self._require_setup()
         index = self.index
         assert index is not None
-        samples = [index.samples[i] for i in index.train_ids] + list(index.unlabeled)
+        return [index.samples[i] for i in index.train_ids] + list(index.unlabeled)
+
+    def pretraining_pool(self) -> list[Path]:
+        """Image files of the pretraining pool: every train image plus ``unlabeled/``."""
+        return [s.image for s in self._pool_samples()]
+
+    def unlabeled_dataset(self, views: Callable[..., dict]) -> ViewsDataset:
+        """The pretraining pool: every train image (labels unused) plus ``unlabeled/``."""
+        samples = self._pool_samples()
         groups = self._group_index()
         return ViewsDataset(
             [s.image for s in samples], [s.id for s in samples], [groups.get(s.group, -1) for s in samples],
@@ -261,15 +269,19 @@ class MicrographDataModule(pl.LightningDataModule):
                               f"set data.unlabeled_batch_size<={len(dataset)} or add images to <root>/unlabeled/")
         return self._loader(dataset, batch_size, shuffle=True, drop_last=True)
 
-    def pretrain_dataloader(self, views: Callable[..., dict]) -> CombinedLoader:
-        """Per step: a batch of unlabelled two-view items and one annotated two-view item (cycled)."""
-        labeled = self._loader(self.annotated_views_dataset(views), 1, shuffle=True)
-        return CombinedLoader({"unlabeled": self.unlabeled_dataloader(views), "labeled": labeled},
-                              mode="max_size_cycle")
+    def pretrain_dataloader(self, views: Callable[..., dict], annotated: bool = True) -> CombinedLoader:
+        """Per step: ``"unlabeled"``, a batch of two-view items from the pool, and (``annotated``)
+        ``"labeled"``, one two-view item of this round's annotated images with its mask (cycled)."""
+        loaders = {"unlabeled": self.unlabeled_dataloader(views)}
+        if annotated:
+            loaders["labeled"] = self._loader(self.annotated_views_dataset(views), 1, shuffle=True)
+        return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def use_pretraining(self, views: Callable[..., dict] | None) -> None:
-        """Make :meth:`train_dataloader` serve pretraining items built by ``views`` (None: fine-tuning)."""
+    def use_pretraining(self, views: Callable[..., dict] | None, annotated: bool = True) -> None:
+        """Make :meth:`train_dataloader` serve pretraining items built by ``views`` (None: fine-tuning);
+        ``annotated=False`` for methods that never look at labels."""
         self._pretrain_views = views
+        self._pretrain_annotated = annotated
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointed facts: the round's annotated ids and the normalisation used in training."""

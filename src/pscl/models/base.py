@@ -39,6 +39,10 @@ class SegmentationBackbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> BackboneFeatures:
         raise NotImplementedError
 
+    def forward_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck grid (B, C_b, H/8, W/8) alone; subclasses may skip the decoder."""
+        return self.forward_features(x)["bottleneck"]
+
     def classify(self, features: BackboneFeatures) -> torch.Tensor:
         """Per-pixel class logits (B, num_classes, H, W) from the finest decoder map."""
         return self.classifier(features["decoder"][-1])

@@ -23,23 +23,41 @@ from pscl.models.base import SegmentationBackbone
 
 
 class PretrainModule(pl.LightningModule):
-    """Base class of the pretraining methods."""
+    """Base class of the pretraining methods.
 
-    #: whether pretraining depends on the round's annotated images (then it is rerun per round)
+    By default a method sees batches ``{"unlabeled": {"x0", "x1", "group", "id"}}`` of two
+    independently augmented views (:class:`pscl.data.image_views.TwoAugmentedViews`, options in
+    ``view_options``); PSCL overrides :meth:`views` and also receives the annotated image.
+    """
+
+    #: whether pretraining depends on the round's annotated images (then it is rerun per round
+    #: and also gets a ``"labeled"`` batch; otherwise it is reused across rounds, pscl.pretrain_cache)
     uses_labels: bool = False
 
     def __init__(self, backbone: SegmentationBackbone,
-                 optimizer: Callable[..., torch.optim.Optimizer] | None = None, lr: float = 1e-4) -> None:
+                 optimizer: Callable[..., torch.optim.Optimizer] | None = None, lr: float = 1e-4,
+                 view_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if not lr > 0:
             raise ConfigError("method.lr", f"learning rate must be > 0, got {lr}")
         self.backbone = backbone
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.lr = lr
+        self.view_options = dict(view_options or {})
 
     def views(self, mean: tuple[float, ...], std: tuple[float, ...], crop_size: int | None) -> Callable:
         """The callable that turns one image (and, if given, its mask) into a pretraining item."""
-        raise NotImplementedError
+        from pscl.data.image_views import TwoAugmentedViews
+
+        try:
+            return TwoAugmentedViews(crop_size, mean, std, **self.view_options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("method.pretrain.view_options", str(exc),
+                              "valid keys: scale, jitter, blur_p; data.crop_size must be set") from None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Bottleneck grid of the (query) backbone: the encoder alone, the decoder is not run."""
+        return self.backbone.forward_bottleneck(x)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -81,9 +99,10 @@ class MomentumPretrainModule(PretrainModule):
         return copy_module
 
     def current_momentum(self) -> float:
-        if self.momentum_schedule == "constant" or self.trainer is None or not self.trainer.estimated_stepping_batches:
+        trainer = self._trainer  # None outside a Trainer (then the base momentum applies)
+        if self.momentum_schedule == "constant" or trainer is None or not trainer.estimated_stepping_batches:
             return self.momentum
-        return float(cosine_schedule(self.global_step, int(self.trainer.estimated_stepping_batches),
+        return float(cosine_schedule(int(trainer.global_step), int(trainer.estimated_stepping_batches),
                                      self.momentum, 1.0))
 
     @torch.no_grad()
