@@ -69,3 +69,16 @@ def test_ddp_on_two_cpu_processes(make_folder, tmp_path: Path) -> None:
     # tested once on one device: one prediction per test image, no padded repeats
     predictions = list(Path(results["output_dir"], "predictions").glob("*.png"))
     assert len(predictions) == 2
+
+
+@pytest.mark.parametrize("method", ["pscl_simclr", "densecl"])
+def test_ddp_pretraining_on_two_cpu_processes(method: str, make_folder, tmp_path: Path) -> None:
+    """Several pretraining steps under DDP: every trainable parameter gets a gradient on every rank."""
+    root = make_folder(n=12)
+    proc = run_cli(["data=folder", f"data.root={root}", "data.crop_size=32", "trainer=ddp_sim", "debug=limit",
+                    f"method={method}", "method.pretrain_epochs=2", "data.unlabeled_batch_size=2",
+                    "backbone=unet_small", "logger=csv", "callbacks.progress_bar.refresh_rate=0"], tmp_path,
+                   timeout=SLOW_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")
+    assert json.loads(metrics_file.read_text())["transferred_keys"] > 0

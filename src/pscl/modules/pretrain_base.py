@@ -33,6 +33,9 @@ class PretrainModule(pl.LightningModule):
     #: whether pretraining depends on the round's annotated images (then it is rerun per round
     #: and also gets a ``"labeled"`` batch; otherwise it is reused across rounds, pscl.pretrain_cache)
     uses_labels: bool = False
+    #: whether the method's loss reaches the decoder; if not, the decoder is frozen (not in the
+    #: optimiser, no gradient), which also keeps DDP from waiting for gradients that never come
+    trains_decoder: bool = False
 
     def __init__(self, backbone: SegmentationBackbone,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, lr: float = 1e-4,
@@ -41,6 +44,10 @@ class PretrainModule(pl.LightningModule):
         if not lr > 0:
             raise ConfigError("method.lr", f"learning rate must be > 0, got {lr}")
         self.backbone = backbone
+        # the classifier is never pretrained nor transferred; the decoder only by methods that use it
+        backbone.classifier.requires_grad_(False)
+        if not self.trains_decoder:
+            backbone.decoder.requires_grad_(False)
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.lr = lr
         self.view_options = dict(view_options or {})
@@ -53,7 +60,7 @@ class PretrainModule(pl.LightningModule):
             return TwoAugmentedViews(crop_size, mean, std, **self.view_options)
         except (TypeError, ValueError) as exc:
             raise ConfigError("method.pretrain.view_options", str(exc),
-                              "valid keys: scale, jitter, blur_p; data.crop_size must be set") from None
+                              "valid keys: scale, jitter, blur_p") from None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Bottleneck grid of the (query) backbone: the encoder alone, the decoder is not run."""

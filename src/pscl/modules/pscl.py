@@ -52,6 +52,7 @@ class PSCLModule(MomentumPretrainModule):
     """PSCL-SimCLR (``variant='simclr'``) and PSCL-MoCo (``variant='moco'``)."""
 
     uses_labels = True
+    trains_decoder = True
 
     def __init__(
         self,
