@@ -189,6 +189,11 @@ def test_image_level_methods_train_the_encoder_only() -> None:
     assert all(p.grad is None for p in module.backbone.decoder.parameters())
     assert all(p.grad is not None for p in module.backbone.encoder.parameters())
     assert all(torch.equal(v, stats[k]) for k, v in module.backbone.decoder.state_dict().items())
+    # frozen, so the optimiser (and DDP) never wait for them
+    optimised = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for p in [*module.backbone.decoder.parameters(),
+                                                 *module.backbone.classifier.parameters()])
+    assert all(id(p) in optimised for p in module.backbone.encoder.parameters())
 
 
 def test_two_augmented_views_are_seeded_and_differ() -> None:
@@ -199,8 +204,10 @@ def test_two_augmented_views_are_seeded_and_differ() -> None:
     assert not torch.equal(a["x0"], a["x1"])
     b = TwoAugmentedViews(48, (0.5,), (0.25,), seed=3)(image)
     assert torch.equal(a["x0"], b["x0"]) and torch.equal(a["x1"], b["x1"])
+    whole = TwoAugmentedViews(None, (0.5,), (0.25,), seed=1)(image)  # whole images: the shorter side
+    assert whole["x0"].shape == (1, 80, 80)
     with pytest.raises(ValueError, match="crop size"):
-        TwoAugmentedViews(None, (0.5,), (0.25,))
+        TwoAugmentedViews(4, (0.5,), (0.25,))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -192,7 +192,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if stage != "pretrain":
         # the same random stream for fine-tuning whether pretraining ran, was reused or was absent
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        results["test"] = finetune(cfg, datamodule, pretrained)
+        test = finetune(cfg, datamodule, pretrained)
+        results["test_history"] = test.pop("history", [])
+        results["protocol"] = str((cfg.get("eval") or {}).get("protocol", "final"))
+        results["test"] = test
         results["transferred_keys"] = 0 if pretrained is None else len(pretrained)
     results["wall_time_s"] = round(time.time() - started, 1)
     if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
@@ -201,8 +204,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tensor] | None) -> dict[str, float]:
-    """Fine-tune (or train from scratch) and test the final model; returns the test metrics."""
+PROTOCOLS = ("final", "paper")
+
+
+def _periodic_test(cfg: DictConfig) -> list[Any]:
+    """The PeriodicTest callback under ``eval.protocol=paper`` (none otherwise)."""
+    from pscl.callbacks.periodic_test import PeriodicTest
+
+    evaluation = cfg.get("eval") or {}
+    protocol = evaluation.get("protocol", "final")
+    if protocol not in PROTOCOLS:
+        raise ConfigError("eval.protocol", f"must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol != "paper":
+        return []
+    every = evaluation.get("test_every_n_epochs") or max(1, int(cfg.trainer.max_epochs) // 5)
+    if int(every) < 1:
+        raise ConfigError("eval.test_every_n_epochs", f"must be >= 1, got {every}")
+    return [PeriodicTest(int(every))]
+
+
+def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, test: dict[str, float]) -> None:
+    """One row per run in TensorBoard's HParams view: method, labels, round -> Dice, ACC."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    params = {"method": str(cfg.method.name), "num_labeled": str(cfg.data.num_labeled),
+              "label_seed": int(cfg.data.label_seed), "protocol": str((cfg.get("eval") or {}).get("protocol", "final"))}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, {"hparams/dice": test["dice"], "hparams/acc": test["acc"]})
+
+
+def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """Fine-tune (or train from scratch) and test the final model.
+
+    Returns the final test metrics plus ``history``: the periodic test points (eval.protocol=paper).
+    """
     from pscl.transfer import transfer_weights
 
     backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
@@ -213,7 +249,9 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
                                     class_weights=cfg.data.get("class_weights"))
     # Without a val split there is nothing to validate on (the test set is never used for that).
     extra = {} if datamodule.index.val_ids else {"limit_val_batches": 0}
+    periodic = _periodic_test(cfg)
     trainer = build_trainer(cfg, **extra)
+    trainer.callbacks.extend(periodic)
     trainer.fit(model, datamodule=datamodule)
     if trainer.world_size > 1:
         # A distributed sampler pads the test set with repeats; test once, on one device, instead.
@@ -224,7 +262,9 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
             return {}
         trainer = build_trainer(cfg, devices=1, num_nodes=1, strategy="auto")
     trainer.test(model, datamodule=datamodule, verbose=False)
-    return model.test_results
+    if model.test_results:
+        _log_hparams(trainer, cfg, model.test_results)
+    return {**model.test_results, "history": list(model.test_history)}
 
 
 def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:

@@ -38,30 +38,45 @@ def augmentation(crop_size: int, mean: Sequence[float], std: Sequence[float], sc
 
 
 class TwoAugmentedViews:
-    """image (H, W, C) in [0, 1] -> ``{"x0", "x1"}``, two (C, S, S) tensors augmented independently."""
+    """image (H, W, C) in [0, 1] -> ``{"x0", "x1"}``, two (C, S, S) tensors augmented independently.
+
+    ``crop_size=None`` (whole images, the paper recipe): S is the shorter side of each image.
+    """
 
     def __init__(self, crop_size: int | None, mean: Sequence[float], std: Sequence[float],
                  scale: tuple[float, float] = (0.2, 1.0), jitter: float = 0.4, blur_p: float = 0.5,
                  seed: int | None = None) -> None:
-        if crop_size is None or int(crop_size) < 8:
+        if crop_size is not None and int(crop_size) < 8:
             raise ValueError(f"image-level views need a crop size >= 8 pixels (data.crop_size), got {crop_size}")
         if not 0.0 < scale[0] <= scale[1] <= 1.0:
             raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
-        self.crop_size = int(crop_size)
-        self.transform = augmentation(self.crop_size, mean, std, tuple(scale), jitter, blur_p=blur_p)
-        if seed is not None:
-            self.reseed(seed)
+        self.crop_size = None if crop_size is None else int(crop_size)
+        self.options = {"mean": tuple(mean), "std": tuple(std), "scale": tuple(scale), "jitter": jitter,
+                        "blur_p": blur_p}
+        self.seed = seed
+        self._transforms: dict[int, A.Compose] = {}
 
     def reseed(self, seed: int) -> None:
         """Albumentations keeps its own random state, blind to global seeds: set it explicitly."""
-        self.transform.set_random_seed(int(seed) % 2**32)
+        self.seed = int(seed)
+        for size, transform in self._transforms.items():
+            transform.set_random_seed((self.seed + size) % 2**32)
 
-    def _view(self, image: np.ndarray) -> torch.Tensor:
-        out = self.transform(image=image)["image"]
+    def _transform(self, size: int) -> A.Compose:
+        if size not in self._transforms:
+            transform = augmentation(size, **self.options)
+            if self.seed is not None:
+                transform.set_random_seed((self.seed + size) % 2**32)
+            self._transforms[size] = transform
+        return self._transforms[size]
+
+    def _view(self, image: np.ndarray, size: int) -> torch.Tensor:
+        out = self._transform(size)(image=image)["image"]
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         image = np.asarray(image, dtype=np.float32)
         if image.ndim == 2:
             image = image[..., None]
-        return {"x0": self._view(image), "x1": self._view(image)}
+        size = self.crop_size or min(image.shape[:2])
+        return {"x0": self._view(image, size), "x1": self._view(image, size)}

@@ -53,6 +53,8 @@ class SegmentationModule(pl.LightningModule):
         self.val_metrics = SegmentationMetrics(class_names)
         self.test_metrics = SegmentationMetrics(class_names)
         self.test_results: dict[str, float] = {}
+        #: periodic test evaluations during training (eval.protocol=paper; pscl.callbacks.periodic_test)
+        self.test_history: list[dict[str, float]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, num_classes, H, W) logits."""

@@ -1,0 +1,334 @@
+"""``pscl-report``: the results table of one or more multiruns, with plots.
+
+Reads every run folder below the given directories (``metrics.json``, or ``FAILED`` for a run
+that crashed) and writes, into the first directory (or ``--out``):
+
+* ``runs.csv`` - one line per run (method, labels, round, Dice, ACC, per-class Dice, folder);
+* ``results.csv`` and ``results.md`` - per method and label regime: Dice and ACC as mean ± sample
+  standard deviation (n - 1) over the rounds, per-class Dice means, the number of rounds, the
+  protocol, and the failed runs;
+* ``label_efficiency.png`` - Dice against the number of annotated images, one line per method,
+  error bars = the standard deviation (only when several regimes ran);
+* ``gallery.png`` - image | ground truth | each method's prediction, for a few test images.
+
+Protocols: ``final`` reports each run's final model; ``paper`` the best Dice of the periodic test
+evaluations of a run (recorded with ``eval=paper``) and the ACC at that point. ``auto`` (default)
+uses what the runs recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# the paper's order: no pretraining, image-level methods, then PSCL
+METHOD_ORDER = ("supervised", "simclr", "moco", "byol", "densecl", "pscl_moco", "pscl_simclr")
+
+
+@dataclass
+class Run:
+    """One run of a multirun, finished or failed."""
+
+    folder: Path
+    method: str
+    num_labeled: str
+    label_seed: int
+    num_images: int | None = None  # annotated images actually used (len(labeled_ids))
+    test: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    protocol: str = "final"
+    data_root: str | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def _from_hydra_config(folder: Path) -> dict[str, Any]:
+    """method / num_labeled / label_seed of a run from its ``.hydra/config.yaml`` (for failed runs)."""
+    from omegaconf import OmegaConf
+
+    path = folder / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    cfg = OmegaConf.load(path)
+    return {"method": OmegaConf.select(cfg, "method.name", default="?"),
+            "num_labeled": OmegaConf.select(cfg, "data.num_labeled", default="?"),
+            "label_seed": OmegaConf.select(cfg, "data.label_seed", default=-1)}
+
+
+def collect_runs(roots: Sequence[Path]) -> list[Run]:
+    """Every run folder below ``roots`` (a folder with ``metrics.json`` or ``FAILED``)."""
+    runs: list[Run] = []
+    folders = sorted({p.parent for root in roots for name in ("metrics.json", "FAILED") for p in Path(root).rglob(name)})
+    for folder in folders:
+        failed = folder / "FAILED"
+        if failed.is_file():
+            facts = _from_hydra_config(folder)
+            first_line = failed.read_text(errors="replace").strip().splitlines()[0] if failed.stat().st_size else "failed"
+            runs.append(Run(folder, str(facts.get("method", "?")), str(facts.get("num_labeled", "?")),
+                            int(facts.get("label_seed", -1)), error=first_line))
+            continue
+        record = json.loads((folder / "metrics.json").read_text())
+        if not record.get("test"):  # a pretraining-only run: nothing to report
+            continue
+        runs.append(Run(folder, record["method"], str(record["num_labeled"]), int(record["label_seed"]),
+                        num_images=len(record.get("labeled_ids", [])) or None, test=record["test"],
+                        history=record.get("test_history", []), protocol=record.get("protocol", "final"),
+                        data_root=record.get("data_root")))
+    return runs
+
+
+def reported_values(run: Run, protocol: str) -> dict[str, float]:
+    """The test values a run contributes under ``protocol`` (``final`` or ``paper``)."""
+    if protocol == "final":
+        return run.test
+    if protocol == "paper":
+        if not run.history:
+            raise ValueError(f"{run.folder} has no periodic test evaluations; rerun it with eval=paper "
+                             "or report it with --protocol final")
+        return max(run.history, key=lambda point: point["dice"])  # first best on ties
+    raise ValueError(f"unknown protocol {protocol!r}; use final or paper")
+
+
+def resolve_protocol(runs: Sequence[Run], protocol: str) -> str:
+    """``auto`` -> the protocol the finished runs recorded (they must agree)."""
+    if protocol != "auto":
+        return protocol
+    recorded = {r.protocol for r in runs if not r.failed}
+    if len(recorded) > 1:
+        raise ValueError(f"the runs mix protocols {sorted(recorded)}; pass --protocol final or paper")
+    return recorded.pop() if recorded else "final"
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; NaN for a single value)."""
+    mean = statistics.fmean(values) if values else math.nan
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return mean, std
+
+
+def _regime_key(run: Run) -> tuple[int, str]:
+    """Regimes in order of the number of annotated images (``all`` last when its size is unknown)."""
+    if run.num_labeled.isdigit():
+        return int(run.num_labeled), run.num_labeled
+    return run.num_images or 10**9, run.num_labeled
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def summarize(runs: Sequence[Run], protocol: str) -> list[dict[str, Any]]:
+    """One row per (method, label regime), in the paper's method order."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.method, run.num_labeled), []).append(run)
+    rows = []
+    for (method, regime), members in sorted(groups.items(), key=lambda kv: (_regime_key(kv[1][0]), _method_key(kv[0][0]))):
+        done = sorted((r for r in members if not r.failed), key=lambda r: r.label_seed)
+        values = [reported_values(r, protocol) for r in done]
+        dice_mean, dice_std = _mean_std([v["dice"] for v in values])
+        acc_mean, acc_std = _mean_std([v["acc"] for v in values])
+        class_keys = [k for k in (values[0] if values else {}) if k.startswith("dice_")][1:]  # foreground classes
+        rows.append({
+            "method": method, "num_labeled": regime,
+            "num_images": done[0].num_images if done else None,
+            "rounds": len(done), "label_seeds": [r.label_seed for r in done],
+            "dice_mean": dice_mean, "dice_std": dice_std, "acc_mean": acc_mean, "acc_std": acc_std,
+            "class_dice": {k[len("dice_"):]: statistics.fmean(v[k] for v in values) for k in class_keys},
+            "failed": [str(r.folder) for r in members if r.failed],
+            "protocol": protocol,
+        })
+    return rows
+
+
+def _fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
+
+
+def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], protocol: str) -> str:
+    """The results table as Markdown, with the protocol, the std convention and failed runs."""
+    classes = list(dict.fromkeys(c for row in rows for c in row["class_dice"]))
+    what = ("final model of each run (no selection on the test set)" if protocol == "final" else
+            "best of the periodic test evaluations of each run (the authors' protocol: selection on the test set)")
+    lines = [f"Protocol: **{protocol}** - {what}. Mean ± sample standard deviation (n - 1) over rounds "
+             "(different annotated images, `data.label_seed`); Dice = mean over foreground classes.", "",
+             "| method | labels | rounds | Dice | ACC | " + " | ".join(f"Dice {c}" for c in classes) + " |",
+             "|---|---|---:|---|---|" + "---:|" * len(classes)]
+    for row in rows:
+        per_class = " | ".join(f"{row['class_dice'][c]:.3f}" if c in row["class_dice"] else "-" for c in classes)
+        failed = f" ({len(row['failed'])} failed)" if row["failed"] else ""
+        lines.append(f"| {row['method']} | {row['num_labeled']} | {row['rounds']}{failed} | "
+                     f"{_fmt(row['dice_mean'], row['dice_std'])} | {_fmt(row['acc_mean'], row['acc_std'])} | {per_class} |")
+    failed_runs = [r for r in runs if r.failed]
+    if failed_runs:
+        lines += ["", "Failed runs (not in the means):", ""]
+        lines += [f"* {r.method}, labels {r.num_labeled}, round {r.label_seed}: `{r.folder}` - {r.error}" for r in failed_runs]
+    return "\n".join(lines) + "\n"
+
+
+def write_csvs(out: Path, rows: Sequence[dict[str, Any]], runs: Sequence[Run], protocol: str) -> None:
+    classes = list(dict.fromkeys(c for row in rows for c in row["class_dice"]))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "num_labeled", "rounds", "failed", "dice_mean", "dice_std", "acc_mean", "acc_std",
+                         *[f"dice_{c}" for c in classes], "protocol", "std"])
+        for row in rows:
+            writer.writerow([row["method"], row["num_labeled"], row["rounds"], len(row["failed"]),
+                             row["dice_mean"], row["dice_std"], row["acc_mean"], row["acc_std"],
+                             *[row["class_dice"].get(c, "") for c in classes], protocol, "sample (n-1)"])
+    with open(out / "runs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "num_labeled", "label_seed", "dice", "acc", *[f"dice_{c}" for c in classes],
+                         "epoch", "status", "folder"])
+        for run in sorted(runs, key=lambda r: (_method_key(r.method), r.num_labeled, r.label_seed)):
+            if run.failed:
+                writer.writerow([run.method, run.num_labeled, run.label_seed, "", "", *[""] * len(classes), "",
+                                 "failed", run.folder])
+                continue
+            values = reported_values(run, protocol)
+            writer.writerow([run.method, run.num_labeled, run.label_seed, values["dice"], values["acc"],
+                             *[values.get(f"dice_{c}", "") for c in classes], values.get("epoch", "final"),
+                             "ok", run.folder])
+
+
+def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Dice vs number of annotated images per method, with std error bars (needs >= 2 regimes)."""
+    if len({row["num_labeled"] for row in rows}) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({row["method"] for row in rows}, key=_method_key):
+        points = sorted((row["num_images"], row["dice_mean"], row["dice_std"]) for row in rows
+                        if row["method"] == method and row["rounds"] and row["num_images"])
+        if not points:
+            continue
+        xs, ys, es = zip(*points)
+        ax.errorbar(xs, ys, yerr=[0 if math.isnan(e) else e for e in es], marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("annotated images")
+    ax.set_ylabel("test Dice (foreground mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3) -> Path | None:
+    """image | ground truth | one prediction per method (each method's first round of the smallest regime)."""
+    import numpy as np
+
+    from pscl.callbacks.predictions import PALETTE
+    from pscl.data.index import index_dataset
+    from pscl.data.io import read_image
+
+    done = [r for r in runs if not r.failed and (r.folder / "predictions").is_dir() and r.data_root]
+    if not done:
+        return None
+    smallest = min(done, key=_regime_key).num_labeled
+    chosen: dict[str, Run] = {}
+    for run in sorted(done, key=lambda r: r.label_seed):
+        if run.num_labeled == smallest:
+            chosen.setdefault(run.method, run)
+    methods = sorted(chosen, key=_method_key)
+    ids = sorted(p.stem for p in (chosen[methods[0]].folder / "predictions").glob("*.png"))[:num_images]
+    if not ids:
+        return None
+    index = index_dataset(chosen[methods[0]].data_root)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    def colour(classes: np.ndarray) -> np.ndarray:
+        return PALETTE[classes % len(PALETTE)]
+
+    columns = 2 + len(methods)
+    fig, axes = plt.subplots(len(ids), columns, figsize=(2.2 * columns, 2.2 * len(ids)), squeeze=False)
+    for row, sample_id in enumerate(ids):
+        sample = index.samples[sample_id]
+        panels = [("image", read_image(sample.image)[..., 0], "gray")]
+        if sample.mask is not None:
+            panels.append(("ground truth", colour(np.asarray(Image.open(sample.mask))), None))
+        else:
+            panels.append(("ground truth", np.zeros((2, 2)), "gray"))
+        for method in methods:
+            pred = chosen[method].folder / "predictions" / f"{sample_id}.png"
+            panels.append((method, colour(np.asarray(Image.open(pred))) if pred.is_file() else np.zeros((2, 2)), None))
+        for col, (title, picture, cmap) in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(picture, cmap=cmap)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+        axes[row][0].set_ylabel(sample_id, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str = "auto",
+                 gallery_images: int = 3) -> dict[str, Path]:
+    """Collect the runs below ``roots`` and write the table files and plots; returns their paths."""
+    roots = [Path(r) for r in roots]
+    out = Path(out) if out is not None else roots[0]
+    runs = collect_runs(roots)
+    if not runs:
+        raise FileNotFoundError(f"no runs (metrics.json or FAILED) below {', '.join(map(str, roots))}")
+    protocol = resolve_protocol(runs, protocol)
+    rows = summarize(runs, protocol)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csvs(out, rows, runs, protocol)
+    (out / "results.md").write_text(markdown(rows, runs, protocol))
+    written = {"results.md": out / "results.md", "results.csv": out / "results.csv", "runs.csv": out / "runs.csv"}
+    for name, made in (("label_efficiency.png", plot_label_efficiency(rows, out / "label_efficiency.png")),
+                       ("gallery.png", plot_gallery(runs, out / "gallery.png", gallery_images))):
+        if made is not None:
+            written[name] = made
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pscl-report", description=__doc__.splitlines()[0])
+    parser.add_argument("multirun", nargs="+", type=Path, help="multirun folder(s) of pscl-train -m")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
+    parser.add_argument("--protocol", choices=("auto", "final", "paper"), default="auto")
+    parser.add_argument("--gallery-images", type=int, default=3)
+    args = parser.parse_args(argv)
+    for root in args.multirun:
+        if not root.is_dir():
+            print(f"pscl-report: {root} is not a folder; pass the multirun folder printed by pscl-train -m", file=sys.stderr)
+            return 2
+    try:
+        written = write_report(args.multirun, args.out, args.protocol, args.gallery_images)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pscl-report: {exc}", file=sys.stderr)
+        return 2
+    print((written["results.md"]).read_text())
+    print("written: " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
