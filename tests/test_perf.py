@@ -64,3 +64,22 @@ def test_cli_rejects_an_unknown_allocator(tmp_path: Path, monkeypatch) -> None:
     assert proc.returncode == 2
     assert "PSCL_ALLOCATOR must be one of" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_entry_point_chooses_the_allocator_before_importing_torch() -> None:
+    """Re-executing after torch is loaded would load it twice; pscl.cli decides before that."""
+    code = ("import sys, pscl.cli, pscl.perf; pscl.perf.mimalloc_environment(); "
+            "print('torch' in sys.modules, 'pscl.train' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_console_script_rejects_an_unknown_allocator(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("pscl-train")
+    if not script.is_file():
+        pytest.skip("pscl-train is not installed next to this interpreter")
+    env = {**os.environ, "PSCL_ALLOCATOR": "jemalloc", "PSCL_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.run([str(script), "debug=fast_dev_run"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "PSCL_ALLOCATOR must be one of" in proc.stderr and "Traceback" not in proc.stderr

@@ -194,7 +194,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
         test = finetune(cfg, datamodule, pretrained)
         results["test_history"] = test.pop("history", [])
-        results["protocol"] = str((cfg.get("eval") or {}).get("protocol", "final"))
+        results["protocol"] = _protocol(cfg)
         results["test"] = test
         results["transferred_keys"] = 0 if pretrained is None else len(pretrained)
     results["wall_time_s"] = round(time.time() - started, 1)
@@ -207,17 +207,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 PROTOCOLS = ("final", "paper")
 
 
+def _protocol(cfg: DictConfig) -> str:
+    """``eval.protocol`` (default ``final``), checked."""
+    protocol = str((cfg.get("eval") or {}).get("protocol", "final"))
+    if protocol not in PROTOCOLS:
+        raise ConfigError("eval.protocol", f"must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
+
+
 def _periodic_test(cfg: DictConfig) -> list[Any]:
     """The PeriodicTest callback under ``eval.protocol=paper`` (none otherwise)."""
     from pscl.callbacks.periodic_test import PeriodicTest
 
-    evaluation = cfg.get("eval") or {}
-    protocol = evaluation.get("protocol", "final")
-    if protocol not in PROTOCOLS:
-        raise ConfigError("eval.protocol", f"must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol != "paper":
+    if _protocol(cfg) != "paper":
         return []
-    every = evaluation.get("test_every_n_epochs") or max(1, int(cfg.trainer.max_epochs) // 5)
+    every = cfg.eval.get("test_every_n_epochs") or max(1, int(cfg.trainer.max_epochs) // 5)
     if int(every) < 1:
         raise ConfigError("eval.test_every_n_epochs", f"must be >= 1, got {every}")
     return [PeriodicTest(int(every))]
@@ -228,7 +232,7 @@ def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, test: dict[str, float]) -
     from lightning.pytorch.loggers import TensorBoardLogger
 
     params = {"method": str(cfg.method.name), "num_labeled": str(cfg.data.num_labeled),
-              "label_seed": int(cfg.data.label_seed), "protocol": str((cfg.get("eval") or {}).get("protocol", "final"))}
+              "label_seed": int(cfg.data.label_seed), "protocol": _protocol(cfg)}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, {"hparams/dice": test["dice"], "hparams/acc": test["acc"]})
@@ -336,7 +340,8 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console script ``pscl-train``; exits non-zero if any job of a multirun failed."""
+    """``pscl-train`` (via :func:`pscl.cli.train`) and ``python -m pscl.train``; exits non-zero if
+    any job of a multirun failed."""
     from pscl.perf import configure_allocator
 
     try:
