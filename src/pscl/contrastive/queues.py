@@ -57,8 +57,9 @@ class FeatureQueue(nn.Module):
         return torch.as_tensor(step, dtype=torch.long, device=self.step.device) - self.step
 
     @torch.no_grad()
-    def enqueue(self, features: Tensor, group: Tensor, slot: Tensor | None = None, step: int | Tensor = 0) -> None:
-        """Write ``features`` (n, dim) with ``group`` (n,) and ``slot`` (n,) (None -> -1) at ``ptr``.
+    def enqueue(self, features: Tensor, group: Tensor | None = None, slot: Tensor | None = None,
+                step: int | Tensor = 0) -> None:
+        """Write ``features`` (n, dim) with ``group`` (n,) and ``slot`` (n,) (each None -> -1) at ``ptr``.
 
         Equivalent to writing the n rows one by one with wrap-around: when n exceeds the free space the
         oldest entries are overwritten, and when n > size only the last ``size`` rows survive (at the
@@ -67,13 +68,15 @@ class FeatureQueue(nn.Module):
         if features.dim() != 2 or features.shape[1] != self.dim:
             raise ValueError(f"features must be (n, {self.dim}), got {tuple(features.shape)}")
         n = features.shape[0]
-        if group.shape != (n,):
+        if group is not None and group.shape != (n,):
             raise ValueError(f"group must be ({n},), got {tuple(group.shape)}")
         if slot is not None and slot.shape != (n,):
             raise ValueError(f"slot must be ({n},), got {tuple(slot.shape)}")
         if n == 0:
             return
         device = self.features.device
+        if group is None:
+            group = torch.full((n,), -1, dtype=torch.long, device=device)
         if slot is None:
             slot = torch.full((n,), -1, dtype=torch.long, device=device)
 
