@@ -214,20 +214,14 @@ def queue_info_nce(q: Tensor, k: Tensor, bank: Tensor, temperature: float = 0.2,
                    bank_valid: Tensor | None = None) -> Tensor:
     """MoCo's InfoNCE: each query's positive is its own key, the negatives are the queue -> scalar.
 
-    ``q``, ``k`` (N, D), ``bank`` (Q, D), all L2-normalised here; ``bank_valid`` (Q,) bool removes
-    never-written entries. ``mean_n -log softmax([q_n.k_n, q_n.bank^T] / t)[0]``.
+    ``q``, ``k`` (N, D), ``bank`` (Q, D), all L2-normalised; ``bank_valid`` (Q,) bool removes
+    never-written entries. ``mean_n -log softmax([q_n.k_n, q_n.bank^T] / t)[0]``: the soft-target
+    loss with all the target weight on the positive key.
     """
-    if q.dim() != 2 or q.shape != k.shape or bank.dim() != 2 or bank.shape[1] != q.shape[1]:
-        raise ValueError(f"need q, k (N, D) and bank (Q, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(bank.shape)}")
-    q = F.normalize(_working_dtype(q), dim=1)
-    k = F.normalize(_working_dtype(k), dim=1).to(q)
-    bank = F.normalize(_working_dtype(bank).to(q), dim=1)
-    positive = (q * k).sum(dim=1, keepdim=True) / temperature  # (N, 1)
-    negatives = q @ bank.T / temperature  # (N, Q)
-    if bank_valid is not None:
-        negatives = negatives.masked_fill(~bank_valid.to(device=q.device, dtype=torch.bool)[None, :], float("-inf"))
-    logits = torch.cat([positive, negatives], dim=1)
-    return (torch.logsumexp(logits, dim=1) - positive[:, 0]).mean()
+    if bank.dim() != 2:
+        raise ValueError(f"bank must be (Q, D), got {tuple(bank.shape)}")
+    no_bank_targets = q.new_zeros(q.shape[0], bank.shape[0])
+    return soft_contrastive_loss(q, k, bank, no_bank_targets, temperature=temperature, bank_valid=bank_valid)
 
 
 def image_queue_targets(
