@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 import pscl
@@ -72,11 +72,10 @@ def store(folder: Path, weights_file: Path, config: dict[str, Any]) -> Path:
     """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-    blob = torch.load(weights_file, map_location="cpu", weights_only=False)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(blob, tmp)
+        shutil.copyfile(weights_file, tmp)
         os.replace(tmp, folder / "pretrained.pt")
     finally:
         if os.path.exists(tmp):

@@ -26,7 +26,8 @@ class PeriodicTest(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs:
+        # only rank 0 reports the run's results; the other ranks' points would be discarded
+        if epoch % self.every_n_epochs or not trainer.is_global_zero:
             return
         metrics = SegmentationMetrics(pl_module.class_names).to(pl_module.device)
         was_training = pl_module.training

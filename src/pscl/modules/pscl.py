@@ -165,10 +165,6 @@ class PSCLModule(MomentumPretrainModule):
     def _decoder_maps(self, features: dict) -> list[torch.Tensor]:
         return [features["decoder"][s] for s in self.scales]
 
-    @staticmethod
-    def _dense_heads(heads: PSCLHeads) -> list[torch.nn.Module]:
-        return list(heads.dense_heads)
-
     def _view_features(self, x: torch.Tensor) -> dict:
         """Backbone features of one view; with ``recompute_views`` its activations are not kept but
         recomputed in backward, one view at a time (about half the peak memory for one more
@@ -190,7 +186,7 @@ class PSCLModule(MomentumPretrainModule):
         z0, z1 = self.heads.global_head(feats0["bottleneck"]), self.heads.global_head(feats1["bottleneck"])
         image_loss = nt_xent(z0, z1, hp.temperature, gather_distributed=hp.gather_distributed)
         scale_losses = {}
-        maps = zip(self._decoder_maps(feats0), self._decoder_maps(feats1), self._dense_heads(self.heads))
+        maps = zip(self._decoder_maps(feats0), self._decoder_maps(feats1), self.heads.dense_heads)
         for i, (dec0, dec1, head) in enumerate(maps):
             with torch.no_grad():  # view-2 embeddings of every cell, only to match cells to templates
                 match_map = head(dec1)
@@ -221,7 +217,7 @@ class PSCLModule(MomentumPretrainModule):
         scale_losses, enqueue = {}, []
         key_maps = out_k["dense"]
         for i, (dec_q, key_map, head) in enumerate(zip(self._decoder_maps(feats_q), key_maps,
-                                                       self._dense_heads(self.heads))):
+                                                       self.heads.dense_heads)):
             patches = self._sample(i, key_map, views)
             # the query head runs on the sampled cells only; losses and matching normalise rows
             query = head.forward_rows(gather_rows(dec_q, patches.image, patches.query_cell))
