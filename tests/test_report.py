@@ -40,7 +40,7 @@ def _write_run(folder: Path, method: str, num_labeled: str, seed: int, dice: flo
 def multirun(tmp_path: Path, make_folder) -> Path:
     """supervised: 1 label x 2 rounds (Dice 0.5, 0.7) and 5 labels x 2 rounds; pscl_simclr: 3 rounds
     (0.6, 0.6, 0.9) and a 4th that failed."""
-    data = make_folder("data", n=6)
+    data = make_folder("data", n=6, groups=["0d", "180d"])  # img00 (annotated) 0d, img01 180d
     root = tmp_path / "multirun"
     specs = [("supervised", "1", 0, 0.5, 0.90), ("supervised", "1", 1, 0.7, 0.80),
              ("supervised", "5", 0, 0.75, 0.95), ("supervised", "5", 1, 0.85, 0.97),
@@ -78,6 +78,27 @@ def test_table_means_and_sample_stds(multirun: Path) -> None:
     # the paper's order: supervised before PSCL
     assert table.index("| supervised | 1 |") < table.index("| pscl_simclr | 1 |")
     assert len(_rows(written["runs.csv"])) == 8
+
+
+def test_paired_rounds_and_per_image_groups(multirun: Path) -> None:
+    written = write_report([multirun])
+    table = written["results.md"].read_text()
+    # pscl_simclr rounds 0, 1 against supervised (0.5, 0.7): +0.1 and -0.1; round 2 is unpaired
+    line = next(x for x in table.splitlines() if x.startswith("| pscl_simclr | 1 | 0.600 | 0.600 | 0.900 |"))
+    assert line.endswith("0.000 | 1 / 2 |")
+    assert "same group" in table and "other groups" in table
+    rows = _rows(written["per_image.csv"])
+    assert len(rows) == 7 * 2  # 7 finished runs x 2 saved predictions
+    by_image = {r["image"]: r for r in rows}
+    assert by_image["img00"]["image_group"] == "0d" and by_image["img00"]["same_group"] == "True"
+    assert by_image["img01"]["image_group"] == "180d" and by_image["img01"]["same_group"] == "False"
+    truth = np.asarray(Image.open(multirun.parent / "data" / "masks" / "img01.png"))
+    row = next(r for r in rows if (r["method"], r["label_seed"], r["image"]) == ("supervised", "1", "img01"))
+    # the fixture's prediction is the constant class seed % 3 = 1: Dice of class 1 only
+    expected = 2 * (truth == 1).sum() / ((truth == 1).size + (truth == 1).sum())
+    if (truth == 2).any():  # class 2 is in the truth but never predicted: Dice 0 in the mean
+        expected /= 2
+    assert float(row["dice"]) == pytest.approx(expected)
 
 
 def test_plots_are_written(multirun: Path) -> None:

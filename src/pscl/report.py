@@ -9,7 +9,13 @@ that crashed) and writes, into the first directory (or ``--out``):
   protocol, and the failed runs;
 * ``label_efficiency.png`` - Dice against the number of annotated images, one line per method,
   error bars = the standard deviation (only when several regimes ran);
-* ``gallery.png`` - image | ground truth | each method's prediction, for a few test images.
+* ``gallery.png`` - image | ground truth | each method's prediction, for a few test images;
+* ``per_image.csv`` - the Dice of each saved test prediction, with the test image's group and the
+  annotated images' groups (``meta.csv``).
+
+``results.md`` also pairs each method's rounds with the baseline's (``--baseline``, default
+``supervised``) and, when the test images fall into several groups, splits the per-image Dice by
+whether the test image shares a group with the annotated image(s); see :mod:`pscl.breakdown`.
 
 Protocols: ``final`` reports each run's final model; ``paper`` the best Dice of the periodic test
 evaluations of a run (recorded with ``eval=paper``) and the ACC at that point. ``auto`` (default)
@@ -29,6 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pscl.breakdown import (
+    ImageScore,
+    RoundScore,
+    group_markdown,
+    group_rows,
+    image_dice,
+    paired_markdown,
+    paired_rows,
+)
+from pscl.errors import PsclError
+
 # the paper's order: no pretraining, image-level methods, then PSCL
 METHOD_ORDER = ("supervised", "simclr", "moco", "byol", "densecl", "pscl_moco", "pscl_simclr")
 
@@ -42,6 +59,7 @@ class Run:
     num_labeled: str
     label_seed: int
     num_images: int | None = None  # annotated images actually used (len(labeled_ids))
+    labeled_ids: list[str] = field(default_factory=list)
     test: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     protocol: str = "final"
@@ -82,7 +100,8 @@ def collect_runs(roots: Sequence[Path]) -> list[Run]:
         if not record.get("test"):  # a pretraining-only run: nothing to report
             continue
         runs.append(Run(folder, record["method"], str(record["num_labeled"]), int(record["label_seed"]),
-                        num_images=len(record.get("labeled_ids", [])) or None, test=record["test"],
+                        num_images=len(record.get("labeled_ids", [])) or None,
+                        labeled_ids=list(record.get("labeled_ids", [])), test=record["test"],
                         history=record.get("test_history", []), protocol=record.get("protocol", "final"),
                         data_root=record.get("data_root")))
     return runs
@@ -232,15 +251,74 @@ def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: Path) -> Path | 
     return path
 
 
-def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3) -> Path | None:
+def _with_predictions(runs: Sequence[Run]) -> list[Run]:
+    """Finished runs that saved test predictions and name their data folder."""
+    return [r for r in runs if not r.failed and (r.folder / "predictions").is_dir() and r.data_root]
+
+
+def _data_index(data_root: str, cache: dict[str, Any]) -> Any:
+    """The index of a run's data folder (read once per folder), or None if it cannot be read here."""
+    from pscl.data.index import index_dataset
+
+    if data_root not in cache:
+        try:
+            cache[data_root] = index_dataset(data_root)
+        except (PsclError, OSError) as exc:
+            print(f"pscl-report: cannot read the data folder {data_root} ({exc}); run pscl-report from "
+                  "the folder the runs were started in. Skipping the ground-truth views.", file=sys.stderr)
+            cache[data_root] = None
+    return cache[data_root]
+
+
+def image_scores(runs: Sequence[Run], indexes: dict[str, Any]) -> list[ImageScore]:
+    """The foreground Dice of every saved test prediction (the final model of each run)."""
+    import numpy as np
+    from PIL import Image
+
+    from pscl.data.io import read_mask
+
+    scores = []
+    for run in _with_predictions(runs):
+        index = _data_index(run.data_root, indexes)  # type: ignore[arg-type]
+        if index is None:
+            continue
+        num_classes = sum(key.startswith("dice_") for key in run.test)
+        annotated = tuple(sorted({g for i in run.labeled_ids if i in index.samples
+                                  for g in [index.samples[i].group] if g is not None}))
+        for path in sorted((run.folder / "predictions").glob("*.png")):
+            sample = index.samples.get(path.stem)
+            if sample is None or sample.mask is None:
+                continue
+            prediction = np.asarray(Image.open(path))
+            try:
+                truth = read_mask(sample.mask, num_classes, prediction.shape)
+            except PsclError as exc:
+                print(f"pscl-report: {path} left out of per_image.csv: {exc}", file=sys.stderr)
+                continue
+            scores.append(ImageScore(run.method, run.num_labeled, run.label_seed, path.stem, sample.group,
+                                     annotated, image_dice(prediction, truth, num_classes)))
+    return scores
+
+
+def write_per_image_csv(path: Path, scores: Sequence[ImageScore]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "num_labeled", "label_seed", "image", "image_group", "annotated_groups",
+                         "same_group", "dice"])
+        for s in scores:
+            writer.writerow([s.method, s.regime, s.seed, s.image, s.image_group or "", ";".join(s.annotated_groups),
+                             "" if s.same_group is None else s.same_group, s.dice])
+
+
+def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
+                 indexes: dict[str, Any] | None = None) -> Path | None:
     """image | ground truth | one prediction per method (each method's first round of the smallest regime)."""
     import numpy as np
 
     from pscl.callbacks.predictions import PALETTE
-    from pscl.data.index import index_dataset
     from pscl.data.io import read_image
 
-    done = [r for r in runs if not r.failed and (r.folder / "predictions").is_dir() and r.data_root]
+    done = _with_predictions(runs)
     if not done:
         return None
     smallest = min(done, key=_regime_key).num_labeled
@@ -252,7 +330,9 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3) -> Path |
     ids = sorted(p.stem for p in (chosen[methods[0]].folder / "predictions").glob("*.png"))[:num_images]
     if not ids:
         return None
-    index = index_dataset(chosen[methods[0]].data_root)
+    index = _data_index(chosen[methods[0]].data_root, {} if indexes is None else indexes)  # type: ignore[arg-type]
+    if index is None:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,7 +369,7 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3) -> Path |
 
 
 def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str = "auto",
-                 gallery_images: int = 3) -> dict[str, Path]:
+                 gallery_images: int = 3, baseline: str = "supervised") -> dict[str, Path]:
     """Collect the runs below ``roots`` and write the table files and plots; returns their paths."""
     roots = [Path(r) for r in roots]
     out = Path(out) if out is not None else roots[0]
@@ -300,10 +380,20 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
     rows = summarize(runs, protocol)
     out.mkdir(parents=True, exist_ok=True)
     write_csvs(out, rows, runs, protocol)
-    (out / "results.md").write_text(markdown(rows, runs, protocol))
+    rounds = [RoundScore(r.method, r.num_labeled, r.label_seed, reported_values(r, protocol)["dice"])
+              for r in runs if not r.failed]
+    indexes: dict[str, Any] = {}
+    per_image = image_scores(runs, indexes)
+    sections = [markdown(rows, runs, protocol),
+                paired_markdown(paired_rows(rounds, baseline, _method_key), baseline),
+                group_markdown(group_rows(per_image, _method_key))]
+    (out / "results.md").write_text("\n".join(section for section in sections if section))
     written = {"results.md": out / "results.md", "results.csv": out / "results.csv", "runs.csv": out / "runs.csv"}
+    if per_image:
+        write_per_image_csv(out / "per_image.csv", per_image)
+        written["per_image.csv"] = out / "per_image.csv"
     for name, made in (("label_efficiency.png", plot_label_efficiency(rows, out / "label_efficiency.png")),
-                       ("gallery.png", plot_gallery(runs, out / "gallery.png", gallery_images))):
+                       ("gallery.png", plot_gallery(runs, out / "gallery.png", gallery_images, indexes))):
         if made is not None:
             written[name] = made
     return written
@@ -315,13 +405,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
     parser.add_argument("--protocol", choices=("auto", "final", "paper"), default="auto")
     parser.add_argument("--gallery-images", type=int, default=3)
+    parser.add_argument("--baseline", default="supervised",
+                        help="method each round is compared with in the paired table (default: supervised)")
     args = parser.parse_args(argv)
     for root in args.multirun:
         if not root.is_dir():
             print(f"pscl-report: {root} is not a folder; pass the multirun folder printed by pscl-train -m", file=sys.stderr)
             return 2
     try:
-        written = write_report(args.multirun, args.out, args.protocol, args.gallery_images)
+        written = write_report(args.multirun, args.out, args.protocol, args.gallery_images, args.baseline)
     except (FileNotFoundError, ValueError) as exc:
         print(f"pscl-report: {exc}", file=sys.stderr)
         return 2
