@@ -141,4 +141,5 @@ def test_notebook_runs_on_a_multirun(multirun: Path, monkeypatch) -> None:
         exec(compile(source, str(notebook), "exec"), namespace)  # noqa: S102 - our own notebook
     assert (multirun / "results.md").is_file()
     assert len(namespace["table"]) == 3  # the notebook's results table: 3 (method, regime) rows
+    assert len(namespace["per_image"]) == 14  # its per-image plot: 7 finished runs x 2 test images
     os.environ.pop("PSCL_MULTIRUN", None)
