@@ -101,6 +101,19 @@ def test_paired_rounds_and_per_image_groups(multirun: Path) -> None:
     assert float(row["dice"]) == pytest.approx(expected)
 
 
+def test_rounds_reported_twice_are_flagged(multirun: Path, capsys) -> None:
+    """A sweep that varied another setting gives two runs per round: the report must say so."""
+    data = multirun.parent / "data"
+    _write_run(multirun / "lr" / "0", "supervised", "1", 0, 0.9, 0.99, data)
+    written = write_report([multirun])
+    table = written["results.md"].read_text()
+    assert table.startswith("**Warning:**")
+    assert "* supervised, labels 1, round 0: " in table and str(multirun / "lr" / "0") in table
+    assert "reported by several runs" in capsys.readouterr().err
+    clean = write_report([multirun / str(job) for job in range(7)], out=multirun / "clean")
+    assert "Warning" not in clean["results.md"].read_text()
+
+
 def test_plots_are_written(multirun: Path) -> None:
     written = write_report([multirun], out=multirun / "report")
     for name in ("label_efficiency.png", "gallery.png"):

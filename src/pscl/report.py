@@ -129,6 +129,30 @@ def resolve_protocol(runs: Sequence[Run], protocol: str) -> str:
     return recorded.pop() if recorded else "final"
 
 
+def repeated_rounds(runs: Sequence[Run]) -> list[tuple[str, str, int, list[Path]]]:
+    """(method, regime, round, folders) for every round that more than one finished run reports.
+
+    That happens when a sweep varies another setting (``method.finetune_encoder_lr=1e-4,1e-3``) or
+    the same multirun is passed twice: the table would pool different experiments as rounds.
+    """
+    folders: dict[tuple[str, str, int], list[Path]] = {}
+    for run in runs:
+        if not run.failed:
+            folders.setdefault((run.method, run.num_labeled, run.label_seed), []).append(run.folder)
+    return [(m, r, s, f) for (m, r, s), f in folders.items() if len(f) > 1]
+
+
+def repeated_rounds_warning(repeats: Sequence[tuple[str, str, int, list[Path]]]) -> str:
+    """A Markdown warning naming the rounds reported twice, or ``""``."""
+    if not repeats:
+        return ""
+    lines = ["**Warning:** some rounds are reported by several runs, and the table pools them as if "
+             "they were further rounds. These runs probably differ in another setting. Report each "
+             "setting from its own multirun, or pass `pscl-report` the run folders of one setting:", ""]
+    lines += [f"* {m}, labels {r}, round {s}: " + ", ".join(f"`{f}`" for f in folders) for m, r, s, folders in repeats]
+    return "\n".join(lines) + "\n"
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1; NaN for a single value)."""
     mean = statistics.fmean(values) if values else math.nan
@@ -384,7 +408,11 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
               for r in runs if not r.failed]
     indexes: dict[str, Any] = {}
     per_image = image_scores(runs, indexes)
-    sections = [markdown(rows, runs, protocol),
+    repeats = repeated_rounds(runs)
+    if repeats:
+        print(f"pscl-report: {len(repeats)} round(s) are reported by several runs; see the warning in results.md",
+              file=sys.stderr)
+    sections = [repeated_rounds_warning(repeats), markdown(rows, runs, protocol),
                 paired_markdown(paired_rows(rounds, baseline, _method_key), baseline),
                 group_markdown(group_rows(per_image, _method_key))]
     (out / "results.md").write_text("\n".join(section for section in sections if section))
