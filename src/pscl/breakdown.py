@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from pscl.data.io import IGNORE_INDEX
 
 
 def regime_order(regime: str) -> tuple[int, int | str]:

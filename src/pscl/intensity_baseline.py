@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from pscl.data.io import IGNORE_INDEX
 
 
 def fit_intensity_classifier(

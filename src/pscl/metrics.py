@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 
-IGNORE_INDEX = 255
+from pscl.data.io import IGNORE_INDEX
 
 
 class SegmentationMetrics(nn.Module):

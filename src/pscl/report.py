@@ -306,7 +306,7 @@ def image_scores(runs: Sequence[Run], indexes: dict[str, Any]) -> list[ImageScor
         index = _data_index(run.data_root, indexes)  # type: ignore[arg-type]
         if index is None:
             continue
-        num_classes = sum(key.startswith("dice_") for key in run.test)
+        num_classes = index.num_classes
         annotated = tuple(sorted({g for i in run.labeled_ids if i in index.samples
                                   for g in [index.samples[i].group] if g is not None}))
         for path in sorted((run.folder / "predictions").glob("*.png")):

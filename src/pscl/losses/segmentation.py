@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from pscl.data.io import IGNORE_INDEX
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
