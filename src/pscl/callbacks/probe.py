@@ -1,0 +1,64 @@
+"""Online dense linear probe during pretraining (as solo-learn does with its online linear / kNN eval).
+
+Every ``every_n_epochs`` epochs (and once before the first step) the pretraining backbone is
+probed (:func:`pscl.probe.probe_backbone`) and ``probe/dice`` and ``probe/acc`` are logged to
+every logger at the current step, so TensorBoard shows whether pretraining learns anything
+useful. The floor, the same probe on a randomly initialised backbone, is logged once as
+``probe/random_init_dice``. Only rank 0 probes; training's random stream is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from pscl.probe.evaluate import ProbeSettings, probe_backbone
+
+
+class OnlineProbe(pl.Callback):
+    """Probe ``pl_module.backbone`` every ``every_n_epochs``; points are kept in :attr:`history`."""
+
+    def __init__(self, every_n_epochs: int, settings: ProbeSettings = ProbeSettings(), split: str = "test",
+                 floor: bool = True) -> None:
+        if int(every_n_epochs) < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs = int(every_n_epochs)
+        self.settings = settings
+        self.split = split
+        self.floor = floor
+        self.history: list[dict[str, Any]] = []
+
+    def _log(self, trainer: pl.Trainer, values: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=int(trainer.global_step))
+
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        values = probe_backbone(pl_module.backbone, trainer.datamodule, self.settings, self.split)
+        point = {"epoch": epoch, "steps": int(trainer.global_step), "dice": values["dice"], "acc": values["acc"]}
+        self.history.append(point)
+        self._log(trainer, {"probe/dice": values["dice"], "probe/acc": values["acc"]})
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.floor:
+            fresh = copy.deepcopy(pl_module.backbone)
+            with torch.random.fork_rng(devices=[]):  # re-initialising draws random numbers
+                torch.manual_seed(int(self.settings.seed))
+                for module in fresh.modules():
+                    if module is not fresh and hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+                    if hasattr(module, "reset_running_stats"):
+                        module.reset_running_stats()
+            floor = probe_backbone(fresh, trainer.datamodule, self.settings, self.split)
+            self._log(trainer, {"probe/random_init_dice": floor["dice"]})
+        if trainer.global_step == 0:
+            self._probe(trainer, pl_module, 0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
+            self._probe(trainer, pl_module, epoch)
