@@ -228,7 +228,8 @@ def test_bad_values_are_clear_errors(key: str, value, tmp_path: Path) -> None:
 
 def test_label_free_pretraining_is_reused_across_rounds(tmp_path: Path) -> None:
     """Round 2 loads round 1's pretraining (same config) and fine-tunes from identical weights;
-    a changed pretraining config pretrains again; PSCL never reuses."""
+    a changed pretraining config pretrains again; PSCL, whose sampling uses the annotated image,
+    does not reuse another round's pretraining (tests/test_study.py: it does reuse its own round's)."""
     short = ["method.pretrain_epochs=1", "trainer.max_epochs=1", "data.samples_per_epoch=2", "data.batch_size=2",
              *TINY_SYNTH]
 
@@ -249,6 +250,6 @@ def test_label_free_pretraining_is_reused_across_rounds(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "round1" / "metrics.json").read_text())
     assert written["pretraining"]["reused"] is True
 
-    pscl = [train(compose_config(["method=pscl_simclr", *short, "data.label_seed=0"], tmp_path / f"pscl{i}"))
+    pscl = [train(compose_config(["method=pscl_simclr", *short, f"data.label_seed={i}"], tmp_path / f"pscl{i}"))
             for i in range(2)]
     assert all(r["pretraining"]["reused"] is False for r in pscl)

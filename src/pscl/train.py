@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,23 +81,73 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
 
-def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, torch.Tensor]:
+@dataclass
+class Pretraining:
+    """What a run fine-tunes from: the final pretrained weights, where they came from, and the
+    snapshots of the pretraining-length study (``snapshot_epochs``): ``[(epoch, steps, file)]``."""
+
+    weights: dict[str, torch.Tensor] | None = None
+    info: dict[str, Any] = field(default_factory=lambda: {"reused": False, "key": None, "source": None})
+    snapshots: list[tuple[int, int, Path]] = field(default_factory=list)
+
+
+def snapshot_epochs(cfg: DictConfig) -> list[int]:
+    """``snapshot_epochs`` checked, plus the final epoch; [] when no snapshot is asked for."""
+    epochs = list(cfg.get("snapshot_epochs") or [])
+    if not epochs:
+        return []
+    final = int(cfg.method.pretrain_epochs)
+    bad = [e for e in epochs if not isinstance(e, int) or not 1 <= e <= final]
+    if bad:
+        raise ConfigError("snapshot_epochs", f"must be whole epochs in [1, method.pretrain_epochs={final}], got {bad}",
+                          f"e.g. snapshot_epochs=[{max(1, final // 10)},{max(1, final // 3)},{final}]")
+    return sorted(set(epochs) | {final})
+
+
+def _probe_settings(cfg: DictConfig) -> Any:
+    from pscl.probe.evaluate import settings_from_config
+
+    return settings_from_config(cfg.get("probe"))
+
+
+def eval_split(cfg: DictConfig) -> str:
+    """``eval.split``: ``test`` (report) or ``val`` (protocol selection: the test set is never opened)."""
+    split = str((cfg.get("eval") or {}).get("split", "test"))
+    if split not in ("test", "val"):
+        raise ConfigError("eval.split", f"must be test or val, got {split!r}")
+    return split
+
+
+def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     """Run the method's pretraining on this round's data; returns the transferable weights.
 
     Writes ``<run>/pretrain/pretrained.pt`` (encoder + decoder weights), the last pretraining
-    checkpoint (with queues, for resuming) and the pretraining logs.
+    checkpoint (with queues, for resuming), ``pretrain/snapshots/epoch_<e>.pt`` for every
+    ``snapshot_epochs`` entry, and the pretraining logs (with ``probe/dice`` every
+    ``probe.every_n_epochs`` epochs).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from pscl.callbacks.probe import OnlineProbe
+    from pscl.callbacks.snapshots import PretrainSnapshots
     from pscl.transfer import save_pretrained
 
     stage_dir = output_dir / "pretrain"
+    epochs = snapshot_epochs(cfg)
     backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
     module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes)
     datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size),
                                annotated=module.uses_labels)
     # only the progress bar of the configured callbacks applies: no predictions, own checkpoints
-    callbacks = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)]
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)]
+    snapshots = PretrainSnapshots(epochs, stage_dir / "snapshots", {"method": cfg.method.name})
+    if epochs:
+        callbacks.append(snapshots)
+    every = int((cfg.get("probe") or {}).get("every_n_epochs") or 0)
+    if every < 0:
+        raise ConfigError("probe.every_n_epochs", f"must be >= 0 (0 = no online probe), got {every}")
+    if every:
+        callbacks.append(OnlineProbe(every, _probe_settings(cfg), eval_split(cfg)))
     progress_bar = (cfg.get("callbacks") or {}).get("progress_bar")
     if progress_bar is not None:
         callbacks.append(instantiate(progress_bar))
@@ -110,35 +161,42 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> dict[str, to
     if trainer.is_global_zero:
         save_pretrained(state, stage_dir / "pretrained.pt",
                         {"method": cfg.method.name, "labeled_ids": list(datamodule.labeled_ids)})
-    return state
+    saved = [(epoch, steps, path) for epoch, (path, steps) in sorted(snapshots.saved.items())]
+    return Pretraining(state, {"reused": False, "key": None, "source": str(stage_dir / "pretrained.pt")}, saved)
 
 
-def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     """Pretrain, or load an earlier run's pretraining when its config is the same (pscl.pretrain_cache).
 
-    Returns the transferable weights and what happened (``{"reused", "key", "source"}``).
+    A method whose sampling uses the annotated images (PSCL) is reused only by runs with the same
+    annotated images; a label-free one by every round.
     """
     from pscl import pretrain_cache
     from pscl.transfer import load_pretrained
 
     module_class = hydra.utils.get_class(cfg.method.pretrain._target_)
-    if module_class.uses_labels:
-        log.info("pretraining %s for this round: its patch sampling uses the annotated images", cfg.method.name)
-        return pretrain(cfg, datamodule, output_dir), {"reused": False, "key": None, "source": None}
-    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool())
+    labeled = list(datamodule.labeled_ids) if module_class.uses_labels else None
+    epochs = snapshot_epochs(cfg)
+    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, epochs)
     key = pretrain_cache.pretraining_key(config)
     folder = pretrain_cache.cache_folder(cfg.paths.cache_dir, cfg.method.name, key)
-    cached = folder / "pretrained.pt"
-    if cfg.get("reuse_pretraining", True) and cached.is_file():
-        log.info("reusing pretraining %s-%s from %s (same pretraining config; reuse_pretraining=false redoes it)",
-                 cfg.method.name, key, cached)
-        return load_pretrained(cached), {"reused": True, "key": key, "source": str(cached)}
-    log.info("pretraining %s (config key %s; later runs with the same pretraining config reuse it)",
-             cfg.method.name, key)
-    state = pretrain(cfg, datamodule, output_dir)
+    cached = pretrain_cache.cached_snapshots(folder, epochs)
+    if cfg.get("reuse_pretraining", True) and (folder / "pretrained.pt").is_file() and cached is not None:
+        log.info("reusing pretraining %s-%s from %s (same pretraining config%s; reuse_pretraining=false redoes it)",
+                 cfg.method.name, key, folder, " and annotated images" if labeled else "")
+        return Pretraining(load_pretrained(folder / "pretrained.pt"),
+                           {"reused": True, "key": key, "source": str(folder / "pretrained.pt")}, cached)
+    if labeled:
+        log.info("pretraining %s for this round: its patch sampling uses the annotated images", cfg.method.name)
+    else:
+        log.info("pretraining %s (config key %s; later runs with the same pretraining config reuse it)",
+                 cfg.method.name, key)
+    result = pretrain(cfg, datamodule, output_dir)
+    result.info["key"] = key
     if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
-        pretrain_cache.store(folder, output_dir / "pretrain" / "pretrained.pt", config)
-    return state, {"reused": False, "key": key, "source": str(output_dir / "pretrain" / "pretrained.pt")}
+        pretrain_cache.store(folder, output_dir / "pretrain" / "pretrained.pt", config,
+                             [path for _, _, path in result.snapshots])
+    return result
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -172,36 +230,93 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
 
-    pretrained: dict[str, torch.Tensor] | None = None
-    pretraining: dict[str, Any] = {"reused": False, "key": None, "source": None}
+    pretraining = Pretraining()
     if cfg.get("pretrained_ckpt"):
-        pretrained = load_pretrained(cfg.pretrained_ckpt)
-        pretraining["source"] = str(cfg.pretrained_ckpt)
+        pretraining.weights = load_pretrained(cfg.pretrained_ckpt)
+        pretraining.info["source"] = str(cfg.pretrained_ckpt)
     elif has_pretraining:
-        pretrained, pretraining = pretrain_or_reuse(cfg, datamodule, output_dir)
+        pretraining = pretrain_or_reuse(cfg, datamodule, output_dir)
+    split = eval_split(cfg)
     results: dict[str, Any] = {
         "method": cfg.method.name,
         "num_labeled": cfg.data.num_labeled,
         "label_seed": int(cfg.data.label_seed),
         "labeled_ids": list(datamodule.labeled_ids),
         "data_root": str(datamodule.root),
-        "test": {},
-        "pretraining": pretraining,
+        "split": split,
+        split: {},
+        "pretraining": pretraining.info,
         "output_dir": str(output_dir),
     }
     if stage != "pretrain":
-        # the same random stream for fine-tuning whether pretraining ran, was reused or was absent
-        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        test = finetune(cfg, datamodule, pretrained)
-        results["test_history"] = test.pop("history", [])
+        probing = bool((cfg.get("eval") or {}).get("probe", False))
+        floor = _random_init_probe(cfg, datamodule, split) if probing else None
+        points = []
+        for epoch, steps, path in pretraining.snapshots[:-1]:  # shorter pretrainings first; the final one last
+            log.info("pretraining snapshot at epoch %d (%d steps): fine-tuning from it", epoch, steps)
+            point = evaluate_weights(cfg, datamodule, load_pretrained(path), floor)
+            points.append({"epoch": epoch, "steps": steps, **point})
+        final = evaluate_weights(cfg, datamodule, pretraining.weights, floor)
+        if pretraining.snapshots:
+            epoch, steps, _ = pretraining.snapshots[-1]
+            points.append({"epoch": epoch, "steps": steps, **final})
+            results["snapshots"] = points
+        results["test_history"] = final["history"]
         results["protocol"] = _protocol(cfg)
-        results["test"] = test
-        results["transferred_keys"] = 0 if pretrained is None else len(pretrained)
+        results[split] = final[split]
+        if probing:
+            results["probe"] = final["probe"]
+        results["transferred_keys"] = 0 if pretraining.weights is None else len(pretraining.weights)
     results["wall_time_s"] = round(time.time() - started, 1)
     if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     _print_summary(results, output_dir, cfg)
     return results
+
+
+def _random_init_probe(cfg: DictConfig, datamodule: Any, split: str) -> dict[str, Any]:
+    """The probe's floor: the same probe on the backbone as initialised under ``seed``."""
+    from pscl.probe.evaluate import random_init_probe
+
+    def make() -> Any:
+        return instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
+
+    return random_init_probe(make, datamodule, _probe_settings(cfg), split, seed=int(cfg.seed))
+
+
+def probe_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Tensor] | None,
+                  floor: dict[str, Any]) -> dict[str, Any]:
+    """The dense linear probe of ``weights`` (None: no pretraining, so the floor itself), with its floor."""
+    from pscl.probe.evaluate import probe_backbone
+    from pscl.transfer import transfer_weights
+
+    if weights is None:
+        values = dict(floor)
+    else:
+        with torch.random.fork_rng(devices=[]):  # building the backbone draws initial weights
+            backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels,
+                                   num_classes=datamodule.num_classes)
+        transfer_weights(backbone, weights)
+        values = probe_backbone(backbone, datamodule, _probe_settings(cfg), floor["split"])
+    short = {k: values[k] for k in ("dice", "acc", "miou", "features", "split", "seconds")}
+    return {**short, "pretrained": weights is not None,
+            "random_init": {"dice": floor["dice"], "acc": floor["acc"]}}
+
+
+def evaluate_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Tensor] | None,
+                     floor: dict[str, Any] | None) -> dict[str, Any]:
+    """Fine-tune from ``weights`` (None: from scratch) and evaluate; probe them too when ``floor`` is given.
+
+    Returns ``{<split>: metrics, "history": periodic test points, "probe": ...}``; fine-tuning is
+    reseeded so that it draws the same random numbers whatever ran before.
+    """
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    probe = probe_weights(cfg, datamodule, weights, floor) if floor is not None else None
+    values = finetune(cfg, datamodule, weights, probe)
+    out = {eval_split(cfg): values, "history": values.pop("history", [])}
+    if probe is not None:
+        out["probe"] = probe
+    return out
 
 
 PROTOCOLS = ("final", "paper")
@@ -227,32 +342,67 @@ def _periodic_test(cfg: DictConfig) -> list[Any]:
     return [PeriodicTest(int(every))]
 
 
-def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, test: dict[str, float]) -> None:
-    """One row per run in TensorBoard's HParams view: method, labels, round -> Dice, ACC."""
+def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, test: dict[str, float],
+                 probe: dict[str, Any] | None = None) -> None:
+    """One row per run in TensorBoard's HParams view: method, labels, round -> Dice, ACC (and the probe's)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     params = {"method": str(cfg.method.name), "num_labeled": str(cfg.data.num_labeled),
               "label_seed": int(cfg.data.label_seed), "protocol": _protocol(cfg)}
+    values = {"hparams/dice": test["dice"], "hparams/acc": test["acc"]}
+    if probe is not None:
+        values.update({"probe/dice": probe["dice"], "probe/acc": probe["acc"],
+                       "probe/random_init_dice": probe["random_init"]["dice"]})
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, {"hparams/dice": test["dice"], "hparams/acc": test["acc"]})
+            logger.log_hyperparams(params, values)
 
 
-def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tensor] | None) -> dict[str, Any]:
-    """Fine-tune (or train from scratch) and test the final model.
+CLASS_WEIGHT_CHOICES = ("data", "auto")
 
-    Returns the final test metrics plus ``history``: the periodic test points (eval.protocol=paper).
+
+def class_weights(cfg: DictConfig, datamodule: Any) -> list[float] | None:
+    """CE class weights of fine-tuning: ``finetune.class_weights=data`` takes ``data.class_weights``;
+    ``auto`` computes them from this round's annotated pixels (inverse square-root frequency)."""
+    from pscl.losses.segmentation import class_weights_from_counts
+
+    choice = str(cfg.finetune.get("class_weights", "data"))
+    if choice not in CLASS_WEIGHT_CHOICES:
+        raise ConfigError("finetune.class_weights", f"must be one of {CLASS_WEIGHT_CHOICES}, got {choice!r}")
+    if choice == "data":
+        configured = cfg.data.get("class_weights")
+        return None if configured is None else [float(w) for w in configured]
+    weights = class_weights_from_counts(datamodule.labeled_pixel_counts())
+    log.info("class weights from the annotated pixels: %s", weights)
+    return weights
+
+
+def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tensor] | None,
+             probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune (or train from scratch) and evaluate the final model on ``eval.split``.
+
+    Returns the final metrics plus ``history``: the periodic test points (eval.protocol=paper).
+    ``probe`` (the probe of the same weights) is logged beside them in TensorBoard.
     """
     from pscl.transfer import transfer_weights
 
+    split = eval_split(cfg)
     backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
     if pretrained is not None:
         keys = transfer_weights(backbone, pretrained)
         log.info("fine-tuning from %d pretrained encoder/decoder tensors", len(keys))
-    model = instantiate(cfg.finetune, backbone=backbone, class_names=datamodule.class_names,
-                                    class_weights=cfg.data.get("class_weights"))
-    # Without a val split there is nothing to validate on (the test set is never used for that).
-    extra = {} if datamodule.index.val_ids else {"limit_val_batches": 0}
+    node = OmegaConf.to_container(cfg.finetune, resolve=True)
+    node.pop("class_weights", None)
+    if pretrained is None:  # warm-up concerns a pretrained encoder; a random one trains from the start
+        node["encoder_warmup_epochs"] = 0
+    model = instantiate(node, backbone=backbone, class_names=datamodule.class_names,
+                        class_weights=class_weights(cfg, datamodule))
+    # Without a val split there is nothing to validate on (the test set is never used for that);
+    # while choosing a protocol the validation split is evaluated once, at the end.
+    extra = {} if datamodule.index.val_ids and split == "test" else {"limit_val_batches": 0}
+    if split == "val" and _protocol(cfg) == "paper":
+        raise ConfigError("eval.protocol", "paper tests periodically on the test set, which eval.split=val never opens",
+                          "use eval=default when choosing a protocol on the validation split")
     periodic = _periodic_test(cfg)
     trainer = build_trainer(cfg, **extra)
     trainer.callbacks.extend(periodic)
@@ -265,14 +415,18 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
         if not trainer.is_global_zero:
             return {}
         trainer = build_trainer(cfg, devices=1, num_nodes=1, strategy="auto")
-    trainer.test(model, datamodule=datamodule, verbose=False)
+    if split == "test":
+        trainer.test(model, datamodule=datamodule, verbose=False)
+    else:
+        trainer.test(model, dataloaders=datamodule.val_dataloader(), verbose=False)
     if model.test_results:
-        _log_hparams(trainer, cfg, model.test_results)
+        _log_hparams(trainer, cfg, model.test_results, probe)
     return {**model.test_results, "history": list(model.test_history)}
 
 
 def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:
-    test = results["test"]
+    split = results["split"]
+    test = results[split]
     if rank_zero_only.rank != 0:
         return
     if not test:
@@ -284,8 +438,16 @@ def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -
     lines = [
         f"pscl: {results['method']} with {results['num_labeled']} annotated image(s) "
         f"(label_seed {results['label_seed']}: {', '.join(results['labeled_ids'][:5])})",
-        f"  test Dice {test['dice']:.4f} (mean over foreground classes)   ACC {test['acc']:.4f}   mIoU {test['miou']:.4f}",
+        f"  {split} Dice {test['dice']:.4f} (mean over foreground classes)   ACC {test['acc']:.4f}   mIoU {test['miou']:.4f}",
     ]
+    if "probe" in results:
+        probe = results["probe"]
+        lines.append(f"  probe Dice {probe['dice']:.4f} (frozen network, linear per pixel; random init "
+                     f"{probe['random_init']['dice']:.4f})")
+    for point in results.get("snapshots", [])[:-1]:
+        probe_text = f"   probe Dice {point['probe']['dice']:.4f}" if "probe" in point else ""
+        lines.append(f"  from pretraining epoch {point['epoch']} ({point['steps']} steps): "
+                     f"{split} Dice {point[split]['dice']:.4f}{probe_text}")
     if "predictions" in (cfg.get("callbacks") or {}):
         lines.append(f"  predictions: {cfg.callbacks.predictions.dirpath}")
     if "tensorboard" in (cfg.get("logger") or {}):
@@ -319,7 +481,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     """Run one job. A failure in a multirun is recorded in the job's folder and the sweep goes on."""
     try:
         results = train(cfg)
-        return float(results["test"].get(OPTIMISED_METRIC, float("nan")))
+        return float(results[results["split"]].get(OPTIMISED_METRIC, float("nan")))
     except (PsclError, OmegaConfBaseException) as exc:
         message, user_error = _describe(exc), True
     except Exception as exc:  # noqa: BLE001 - any crash of one job must not stop a sweep

@@ -39,6 +39,12 @@ def load_pretrained(path: Path | str) -> dict[str, torch.Tensor]:
     raise DataError("holds no backbone weights", path, "point pretrained_ckpt at a pscl pretraining output")
 
 
+def read_meta(path: Path | str) -> dict:
+    """The provenance dict saved with a ``pretrained.pt`` or snapshot ({} if it has none)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return dict(blob.get("meta", {})) if isinstance(blob, dict) else {}
+
+
 def transfer_weights(backbone: SegmentationBackbone, state: dict[str, torch.Tensor]) -> list[str]:
     """Load ``state`` into ``backbone``'s encoder and decoder; returns the loaded keys.
 
