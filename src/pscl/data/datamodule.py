@@ -4,8 +4,10 @@ It indexes the folder (:mod:`pscl.data.index`), checks every annotated file once
 annotated subset of the round (``num_labeled``, ``label_seed``) and serves
 
 * ``train_dataloader`` - random crops of the annotated subset (fine-tuning / supervised);
-* ``val_dataloader`` - whole images of the ``val`` split, only when the folder defines one;
-* ``test_dataloader`` - whole images of the ``test`` split (batch 1: sizes may differ);
+* ``val_dataloader`` - whole images of the ``val`` split: the folder's own, or, with
+  ``val_fraction`` > 0 and none defined, carved from the training images (never from test);
+* ``test_dataloader`` - whole images of the ``test`` split (batch 1: sizes may differ). With
+  ``eval_split="val"`` (protocol selection) the test images are never read and this raises;
 * ``pretrain_dataloader`` - per step a batch of the pretraining pool (all train images plus
   ``unlabeled/``) and one annotated image with its mask; :meth:`use_pretraining` makes
   ``train_dataloader`` serve it.
@@ -16,6 +18,7 @@ The data module knows nothing about methods: what a pretraining item holds is de
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +33,7 @@ from torch.utils.data import DataLoader
 from pscl.data.datasets import LabeledDataset, ViewsDataset, seed_worker
 from pscl.data.index import DatasetIndex, index_dataset
 from pscl.data.io import read_image, read_mask
-from pscl.data.splits import parse_num_labeled, select_labeled
+from pscl.data.splits import carve_validation, parse_num_labeled, select_labeled
 from pscl.data.transforms import test_transform, train_transform
 from pscl.errors import ConfigError, DataError
 
@@ -61,6 +64,7 @@ class MicrographDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         class_weights: Sequence[float] | None = None,
+        eval_split: str = "test",
     ) -> None:
         super().__init__()
         if root is None and synthetic is None:
@@ -73,6 +77,11 @@ class MicrographDataModule(pl.LightningDataModule):
                            ("test_batch_size", test_batch_size), ("unlabeled_batch_size", unlabeled_batch_size)):
             if int(value) < 1:
                 raise ConfigError(f"data.{key}", f"must be >= 1, got {value}")
+        if eval_split not in ("test", "val"):
+            raise ConfigError("eval.split", f"must be test or val, got {eval_split!r}")
+        if eval_split == "val" and not float(val_fraction) > 0:
+            raise ConfigError("data.val_fraction", "is 0 but runs evaluate on the validation split (eval.split=val)",
+                              "set data.val_fraction (e.g. 0.2) to carve a validation split from the training images")
         parse_num_labeled(num_labeled)  # fail early on a malformed value
         self.save_hyperparameters(logger=False)
         self.root = Path(root).expanduser() if root is not None else None
@@ -113,6 +122,10 @@ class MicrographDataModule(pl.LightningDataModule):
         hp = self.hparams
         self.index = index_dataset(self.root, hp.layout, split_seed=hp.split_seed,
                                    test_fraction=hp.test_fraction, val_fraction=hp.val_fraction)
+        if hp.val_fraction and not self.index.val_ids:  # a fixed split without val: carve it from train
+            groups = {i: self.index.samples[i].group for i in self.index.train_ids}
+            train, val = carve_validation(self.index.train_ids, groups, hp.split_seed, float(hp.val_fraction))
+            self.index = dataclasses.replace(self.index, train_ids=train, val_ids=val)
         self._load_annotated()
         self.labeled_ids = select_labeled(self.index.train_ids, hp.num_labeled, hp.label_seed,
                                           self.index.labeled_presets)
@@ -130,7 +143,9 @@ class MicrographDataModule(pl.LightningDataModule):
     def _load_annotated(self) -> None:
         """Read every annotated image and mask once; all file problems surface here, before training."""
         assert self.index is not None
-        used = set(self.index.train_ids) | set(self.index.val_ids) | set(self.index.test_ids)
+        used = set(self.index.train_ids) | set(self.index.val_ids)
+        if self.hparams.eval_split == "test":  # protocol selection (eval.split=val) never reads a test image
+            used |= set(self.index.test_ids)
         for sample_id in sorted(used):
             sample = self.index.samples[sample_id]
             image = read_image(sample.image, self.hparams.in_channels)
@@ -160,6 +175,15 @@ class MicrographDataModule(pl.LightningDataModule):
         stack = np.concatenate([self._images[i].reshape(-1, self._images[i].shape[-1]) for i in ids])
         mean, std = stack.mean(axis=0), stack.std(axis=0)
         return tuple(float(m) for m in mean), tuple(float(max(s, 1e-6)) for s in std)
+
+    def labeled_pixel_counts(self) -> list[int]:
+        """Annotated pixels per class over this round's annotated images (255 = ignore excluded)."""
+        self._require_setup()
+        counts = np.zeros(self.num_classes, np.int64)
+        for sample_id in self.labeled_ids:
+            mask = self._masks[sample_id]
+            counts += np.bincount(mask[mask != 255].ravel(), minlength=self.num_classes)[: self.num_classes]
+        return [int(c) for c in counts]
 
     # ---------------------------------------------------------------- facts
     @property
@@ -223,6 +247,9 @@ class MicrographDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
+        if self.hparams.eval_split != "test":
+            raise ConfigError("eval.split", "is val: the test set is not opened while a protocol is being chosen",
+                              "evaluate on the validation split, or set eval.split=test")
         return self._loader(self.whole_image_dataset(self.index.test_ids),  # type: ignore[union-attr]
                             int(self.hparams.test_batch_size), shuffle=False)
 

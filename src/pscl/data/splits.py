@@ -76,3 +76,26 @@ def select_labeled(train_ids: Sequence[str], num_labeled: int | str, label_seed:
         )
     order = np.random.default_rng(label_seed).permutation(len(ordered))
     return tuple(ordered[j] for j in order[:n])
+
+
+def carve_validation(train_ids: Sequence[str], groups: Mapping[str, str | None], seed: int,
+                     val_fraction: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Move ``round(n * val_fraction)`` ids of each group from train to val (at least one train id
+    stays per group); the test split is never touched. Returns sorted ``(train, val)``."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError("data.val_fraction", f"must lie in (0, 1) to carve a validation split, got {val_fraction}")
+    by_group: dict[str, list[str]] = defaultdict(list)
+    for i in sorted(train_ids):
+        by_group[str(groups.get(i))].append(i)
+    rng = np.random.default_rng(seed)
+    train: list[str] = []
+    val: list[str] = []
+    for group in sorted(by_group):
+        members = [by_group[group][j] for j in rng.permutation(len(by_group[group]))]
+        n_val = min(round(len(members) * val_fraction), len(members) - 1)
+        val += members[:n_val]
+        train += members[n_val:]
+    if not val:
+        raise ConfigError("data.val_fraction", f"{val_fraction} of {len(train_ids)} training images is no image",
+                          "raise data.val_fraction")
+    return tuple(sorted(train)), tuple(sorted(val))

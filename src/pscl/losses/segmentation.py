@@ -53,3 +53,19 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, class_weights:
     ce = weighted_cross_entropy(logits, target, class_weights)
     dice = soft_dice_loss(logits, target, dice_classes) if dice_weight > 0 else ce.new_zeros(())
     return {"loss": ce_weight * ce + dice_weight * dice, "ce": ce, "dice": dice}
+
+
+def class_weights_from_counts(counts: Sequence[int], power: float = 0.5) -> list[float]:
+    """CE class weights from annotated pixel counts: ``(n_max / n_c) ** power`` (inverse square root).
+
+    The most frequent class gets 1; a rarer class more (a class with 1/100 of the pixels gets 10
+    at ``power=0.5``). A class without annotated pixels never appears as a CE target, so its
+    weight does not matter; it gets the largest weight given to a present class.
+    """
+    counts = [int(c) for c in counts]
+    if any(c < 0 for c in counts) or not any(counts):
+        raise ValueError(f"pixel counts must be >= 0 and not all 0, got {counts}")
+    top = max(counts)
+    weights = [(top / c) ** power if c else None for c in counts]
+    largest = max(w for w in weights if w is not None)
+    return [round(w if w is not None else largest, 4) for w in weights]

@@ -5,6 +5,15 @@ Loss: ``ce_weight * weighted CE + dice_weight * soft Dice over foreground classe
 for the decoder and classifier (paper fine-tuning: 1e-4 / 1e-3; supervised baseline: 1e-3 for
 both). Validation (only when the data has a ``val`` split) and test report the metrics of
 :mod:`pscl.metrics` as ``val/...`` and ``test/...``.
+
+Two fine-tuning options for pretrained networks (chosen on validation data, docs/results.md):
+
+* ``encoder_warmup_epochs``: the encoder's learning rate is 0 for the first epochs, so the
+  decoder and classifier adapt to the pretrained features before the encoder moves;
+* ``freeze_pretrained_bn``: BatchNorm layers that arrive with pretraining statistics
+  (``num_batches_tracked > 0``) keep them: they normalise with their running statistics and do
+  not update them. A randomly initialised layer is never frozen, so the supervised baseline is
+  unaffected.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ class SegmentationModule(pl.LightningModule):
         class_weights: Sequence[float] | None = None,
         ce_weight: float = 0.5,
         dice_weight: float = 0.5,
+        encoder_warmup_epochs: int = 0,
+        freeze_pretrained_bn: bool = False,
     ) -> None:
         super().__init__()
         if len(class_names) != backbone.num_classes:
@@ -43,6 +54,8 @@ class SegmentationModule(pl.LightningModule):
         for key, lr in (("finetune.encoder_lr", encoder_lr), ("finetune.decoder_lr", decoder_lr)):
             if not lr > 0:
                 raise ConfigError(key, f"learning rate must be > 0, got {lr}")
+        if int(encoder_warmup_epochs) < 0:
+            raise ConfigError("finetune.encoder_warmup_epochs", f"must be >= 0, got {encoder_warmup_epochs}")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
         self.class_names = tuple(class_names)
@@ -55,6 +68,27 @@ class SegmentationModule(pl.LightningModule):
         self.test_results: dict[str, float] = {}
         #: periodic test evaluations during training (eval.protocol=paper; pscl.callbacks.periodic_test)
         self.test_history: list[dict[str, float]] = []
+        # BatchNorm layers holding pretraining statistics, frozen when freeze_pretrained_bn
+        self.frozen_bn = [m for m in backbone.modules()
+                          if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                          and int(m.num_batches_tracked) > 0] if freeze_pretrained_bn else []
+
+    def train(self, mode: bool = True) -> "SegmentationModule":
+        """Train mode, except that frozen BatchNorm layers stay in eval mode (running statistics kept)."""
+        super().train(mode)
+        for module in self.frozen_bn:
+            module.train(False)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        warmup = int(self.hparams.encoder_warmup_epochs)
+        if warmup:
+            # lr 0 rather than requires_grad=False: the same parameters train every step, as DDP expects
+            lr = 0.0 if self.current_epoch < warmup else float(self.hparams.encoder_lr)
+            for optimizer in self.trainer.optimizers:
+                for group in optimizer.param_groups:
+                    if group.get("name") == "encoder":
+                        group["lr"] = lr
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, num_classes, H, W) logits."""
