@@ -104,3 +104,45 @@ def run_cli(args: Sequence[str], cwd: Path, cache: Path | None = None,
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "pscl.train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def texture_sample(rng: np.random.Generator, size: int, num_classes: int = 3,
+                   cells: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image whose classes differ by texture only: every class has the same mean and std.
+
+    Regions are Voronoi cells with random classes; class 0 is fine-grained noise, class 1
+    coarse-grained noise, class 2 a two-level speckle, all invariant to flips and rot90 (the
+    views of PSCL), so a rotation-invariant representation can still tell them apart.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    yy, xx = np.mgrid[:size, :size]
+    seeds = rng.uniform(0, size, (cells, 2))
+    nearest = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
+    classes = np.r_[np.arange(num_classes), rng.integers(0, num_classes, cells - num_classes)]
+    mask = rng.permutation(classes)[nearest].astype(np.uint8)
+
+    def standardised(field: np.ndarray) -> np.ndarray:
+        return (field - field.mean()) / (field.std() + 1e-8)
+
+    fine = standardised(gaussian_filter(rng.normal(size=(size, size)), 0.6))
+    coarse = standardised(gaussian_filter(rng.normal(size=(size, size)), 2.5))
+    speckle = standardised(np.sign(gaussian_filter(rng.normal(size=(size, size)), 1.2)))
+    textures = [fine, coarse, speckle][:num_classes]
+    image = np.choose(mask, textures)
+    return np.clip(0.5 + 0.15 * image, 0, 1), mask
+
+
+def write_texture_folder(root: Path, n_train: int = 24, n_test: int = 6, size: int = 96, seed: int = 0) -> Path:
+    """A pscl data folder of :func:`texture_sample` images with a fixed train/test split."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    ids = [f"tex{i:03d}" for i in range(n_train + n_test)]
+    for sample_id in ids:
+        image, mask = texture_sample(rng, size)
+        write_image(root / "images" / f"{sample_id}.png", image)
+        Image.fromarray(mask).save(root / "masks" / f"{sample_id}.png")
+    (root / "classes.txt").write_text("fine\ncoarse\nspeckle\n")
+    (root / "splits.json").write_text(json.dumps({"train": ids[:n_train], "test": ids[n_train:]}))
+    return root

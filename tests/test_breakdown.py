@@ -1,4 +1,4 @@
-"""Paired rounds and per-image Dice by group (pscl.breakdown), checked on hand-made numbers."""
+"""Paired rounds and per-image Dice by group (pscl.reporting.breakdown), checked on hand-made numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pscl.breakdown import (
+from pscl.reporting.breakdown import (
     ImageScore,
     RoundScore,
     group_markdown,

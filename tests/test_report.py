@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pscl.report import main, write_report
+from pscl.reporting.report import main, write_report
 
 CLASSES = ["matrix", "phase1", "phase2"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from pscl.data.synthetic import SyntheticSpec, ensure_dataset
-from pscl.intensity_baseline import evaluate_folder
+from pscl.reporting.intensity_baseline import evaluate_folder
 
 pytestmark = pytest.mark.slow
 

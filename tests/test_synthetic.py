@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from skimage import measure
 
-from pscl import intensity_baseline as ib
+from pscl.reporting import intensity_baseline as ib
 from pscl.data import synthetic as S
 
 SMALL = S.SyntheticSpec(counts=(3, 3, 3), size=128, seed=7)

@@ -5,7 +5,7 @@ the training masks, which is the Bayes-optimal rule for a model that sees one pi
 and nothing else. If it scores close to a trained UNet, the dataset can be solved by
 thresholding and says little about learned features.
 
-Usage: ``python -m pscl.intensity_baseline DATASET_ROOT``
+Usage: ``python -m pscl.reporting.intensity_baseline DATASET_ROOT``
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def evaluate_folder(root: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Print the intensity baseline's pooled test Dice for a dataset folder."""
     parser = argparse.ArgumentParser(
-        prog="python -m pscl.intensity_baseline",
+        prog="python -m pscl.reporting.intensity_baseline",
         description="Per-pixel grey-level baseline: fit on train, pooled Dice on test.",
     )
     parser.add_argument("root", type=Path, help="dataset folder (images/, masks/, splits.json)")

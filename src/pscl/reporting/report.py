@@ -11,11 +11,16 @@ that crashed) and writes, into the first directory (or ``--out``):
   error bars = the standard deviation (only when several regimes ran);
 * ``gallery.png`` - image | ground truth | each method's prediction, for a few test images;
 * ``per_image.csv`` - the Dice of each saved test prediction, with the test image's group and the
-  annotated images' groups (``meta.csv``).
+  annotated images' groups (``meta.csv``);
+* ``pretraining_curve.png`` - for runs of ``experiment=pretrain_scaling``: fine-tuned and probe
+  Dice against pretraining steps (:mod:`pscl.reporting.study`); ``results.md`` gets its table and,
+  for runs with ``eval.probe=true``, the probe between its floor and ceiling;
+* for runs that evaluated on the validation split (``experiment=protocol_grid``), ``results.md``
+  holds the grid's validation table instead (:mod:`pscl.reporting.grid`).
 
 ``results.md`` also pairs each method's rounds with the baseline's (``--baseline``, default
 ``supervised``) and, when the test images fall into several groups, splits the per-image Dice by
-whether the test image shares a group with the annotated image(s); see :mod:`pscl.breakdown`.
+whether the test image shares a group with the annotated image(s); see :mod:`pscl.reporting.breakdown`.
 
 Protocols: ``final`` reports each run's final model; ``paper`` the best Dice of the periodic test
 evaluations of a run (recorded with ``eval=paper``) and the ACC at that point. ``auto`` (default)
@@ -35,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pscl.breakdown import (
+from pscl.reporting.breakdown import (
     ImageScore,
     RoundScore,
     group_markdown,
@@ -45,6 +50,14 @@ from pscl.breakdown import (
     paired_rows,
 )
 from pscl.errors import PsclError
+from pscl.reporting.grid import grid_markdown, grid_point, grid_rows
+from pscl.reporting.study import (
+    plot_pretraining_curve,
+    probe_markdown,
+    probe_rows,
+    snapshot_markdown,
+    snapshot_rows,
+)
 
 # the paper's order: no pretraining, image-level methods, then PSCL
 METHOD_ORDER = ("supervised", "simclr", "moco", "byol", "densecl", "pscl_moco", "pscl_simclr")
@@ -65,6 +78,9 @@ class Run:
     protocol: str = "final"
     data_root: str | None = None
     error: str | None = None
+    split: str = "test"  # val: a protocol-grid run (test holds its validation metrics)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    probe: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
@@ -97,13 +113,15 @@ def collect_runs(roots: Sequence[Path]) -> list[Run]:
                             int(facts.get("label_seed", -1)), error=first_line))
             continue
         record = json.loads((folder / "metrics.json").read_text())
-        if not record.get("test"):  # a pretraining-only run: nothing to report
+        split = record.get("split", "test")
+        if not record.get(split):  # a pretraining-only run: nothing to report
             continue
         runs.append(Run(folder, record["method"], str(record["num_labeled"]), int(record["label_seed"]),
                         num_images=len(record.get("labeled_ids", [])) or None,
-                        labeled_ids=list(record.get("labeled_ids", [])), test=record["test"],
+                        labeled_ids=list(record.get("labeled_ids", [])), test=record[split],
                         history=record.get("test_history", []), protocol=record.get("protocol", "final"),
-                        data_root=record.get("data_root")))
+                        data_root=record.get("data_root"), split=split,
+                        snapshots=list(record.get("snapshots") or []), probe=record.get("probe")))
     return runs
 
 
@@ -386,10 +404,38 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
             if row == 0:
                 ax.set_title(title, fontsize=8)
         axes[row][0].set_ylabel(sample_id, fontsize=7)
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=PALETTE[k % len(PALETTE)] / 255.0, edgecolor="black", label=name)
+               for k, name in enumerate(index.class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def label_efficiency_note(rows: Sequence[dict[str, Any]]) -> str:
+    """Why ``label_efficiency.png`` is absent when only one label regime ran (``""`` otherwise)."""
+    regimes = sorted({row["num_labeled"] for row in rows})
+    if len(regimes) != 1:
+        return ""
+    return (f"`label_efficiency.png` is not drawn: every run used the same label regime "
+            f"(data.num_labeled={regimes[0]}); it needs two or more, e.g. "
+            "`pscl-train -m ... data.num_labeled=1,5,all`.\n")
+
+
+def _record(run: Run) -> dict[str, Any]:
+    return {"method": run.method, "num_labeled": run.num_labeled, "label_seed": run.label_seed,
+            "test": run.test, "snapshots": run.snapshots, "probe": run.probe}
+
+
+def _baseline_stats(runs: Sequence[Run], baseline: str, protocol: str) -> tuple[float, float, int] | None:
+    values = [reported_values(r, protocol)["dice"] for r in runs if r.method == baseline and not r.failed]
+    if not values:
+        return None
+    mean, std = _mean_std(values)
+    return mean, std, len(values)
 
 
 def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str = "auto",
@@ -397,33 +443,49 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
     """Collect the runs below ``roots`` and write the table files and plots; returns their paths."""
     roots = [Path(r) for r in roots]
     out = Path(out) if out is not None else roots[0]
-    runs = collect_runs(roots)
-    if not runs:
+    found = collect_runs(roots)
+    if not found:
         raise FileNotFoundError(f"no runs (metrics.json or FAILED) below {', '.join(map(str, roots))}")
-    protocol = resolve_protocol(runs, protocol)
-    rows = summarize(runs, protocol)
     out.mkdir(parents=True, exist_ok=True)
-    write_csvs(out, rows, runs, protocol)
-    rounds = [RoundScore(r.method, r.num_labeled, r.label_seed, reported_values(r, protocol)["dice"])
-              for r in runs if not r.failed]
-    indexes: dict[str, Any] = {}
-    per_image = image_scores(runs, indexes)
-    repeats = repeated_rounds(runs)
-    if repeats:
-        print(f"pscl-report: {len(repeats)} round(s) are reported by several runs; see the warning in results.md",
-              file=sys.stderr)
-    sections = [repeated_rounds_warning(repeats), markdown(rows, runs, protocol),
-                paired_markdown(paired_rows(rounds, baseline, _method_key), baseline),
-                group_markdown(group_rows(per_image, _method_key))]
+    grid = [r for r in found if r.split == "val" and not r.failed]
+    runs = [r for r in found if r.split != "val"]
+    sections = []
+    if grid:
+        records = [{"point": grid_point(r.folder), "method": r.method, "label_seed": r.label_seed,
+                    "dice": r.test["dice"]} for r in grid]
+        sections.append(grid_markdown(grid_rows(records, _method_key), _method_key))
+    written = {"results.md": out / "results.md"}
+    if runs:
+        protocol = resolve_protocol(runs, protocol)
+        rows = summarize(runs, protocol)
+        write_csvs(out, rows, runs, protocol)
+        written.update({"results.csv": out / "results.csv", "runs.csv": out / "runs.csv"})
+        rounds = [RoundScore(r.method, r.num_labeled, r.label_seed, reported_values(r, protocol)["dice"])
+                  for r in runs if not r.failed]
+        indexes: dict[str, Any] = {}
+        per_image = image_scores(runs, indexes)
+        repeats = repeated_rounds(runs)
+        if repeats:
+            print(f"pscl-report: {len(repeats)} round(s) are reported by several runs; see the warning in results.md",
+                  file=sys.stderr)
+        records = [_record(r) for r in runs if not r.failed]
+        study = snapshot_rows(records, _method_key)
+        supervised = _baseline_stats(runs, baseline, protocol)
+        sections = [repeated_rounds_warning(repeats), markdown(rows, runs, protocol), label_efficiency_note(rows),
+                    paired_markdown(paired_rows(rounds, baseline, _method_key), baseline),
+                    group_markdown(group_rows(per_image, _method_key)),
+                    probe_markdown(probe_rows(records, baseline, _method_key), baseline),
+                    snapshot_markdown(study, supervised), *sections]
+        if per_image:
+            write_per_image_csv(out / "per_image.csv", per_image)
+            written["per_image.csv"] = out / "per_image.csv"
+        for name, made in (("label_efficiency.png", plot_label_efficiency(rows, out / "label_efficiency.png")),
+                           ("gallery.png", plot_gallery(runs, out / "gallery.png", gallery_images, indexes)),
+                           ("pretraining_curve.png", plot_pretraining_curve(study, out / "pretraining_curve.png",
+                                                                            supervised, _method_key))):
+            if made is not None:
+                written[name] = made
     (out / "results.md").write_text("\n".join(section for section in sections if section))
-    written = {"results.md": out / "results.md", "results.csv": out / "results.csv", "runs.csv": out / "runs.csv"}
-    if per_image:
-        write_per_image_csv(out / "per_image.csv", per_image)
-        written["per_image.csv"] = out / "per_image.csv"
-    for name, made in (("label_efficiency.png", plot_label_efficiency(rows, out / "label_efficiency.png")),
-                       ("gallery.png", plot_gallery(runs, out / "gallery.png", gallery_images, indexes))):
-        if made is not None:
-            written[name] = made
     return written
 
 
