@@ -82,19 +82,37 @@ def _module(**kwargs) -> SegmentationModule:
     return SegmentationModule(backbone, ["a", "b", "c"], **kwargs)
 
 
+def _fit(module: SegmentationModule, epochs: int = 1) -> None:
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    items = [{"image": torch.randn(1, 16, 16) * 3 + 1, "mask": torch.randint(0, 3, (16, 16))} for _ in range(4)]
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, torch.utils.data.DataLoader(items, batch_size=2))
+
+
 def test_frozen_pretrained_batchnorm_keeps_its_statistics() -> None:
+    """Through a real Lightning fit (which does not call train() itself): pretrained BN layers keep
+    their running statistics, never-pretrained ones update theirs."""
     module = _module(freeze_pretrained_bn=True)
     encoder_bn = [m for m in module.backbone.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     decoder_bn = [m for m in module.backbone.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert set(map(id, module.frozen_bn)) == set(map(id, encoder_bn))  # a never-pretrained layer is not frozen
     before = [m.running_mean.clone() for m in encoder_bn]
     decoder_before = [m.running_mean.clone() for m in decoder_bn]
-    module.train()
-    assert all(not m.training for m in encoder_bn) and all(m.training for m in decoder_bn)
-    module(torch.randn(2, 1, 16, 16) * 3 + 1)
+    _fit(module)
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, encoder_bn))
     assert not all(torch.equal(b, m.running_mean) for b, m in zip(decoder_before, decoder_bn))
-    assert _module(freeze_pretrained_bn=False).frozen_bn == []
+    module.train()
+    assert all(not m.training for m in encoder_bn) and all(m.training for m in decoder_bn)
+    # without the option, the same fit moves the encoder's statistics
+    plain = _module(freeze_pretrained_bn=False)
+    assert plain.frozen_bn == []
+    plain_bn = [m for m in plain.backbone.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    plain_before = [m.running_mean.clone() for m in plain_bn]
+    _fit(plain)
+    assert not all(torch.equal(b, m.running_mean) for b, m in zip(plain_before, plain_bn))
 
 
 def test_decoder_first_warmup_holds_the_encoder() -> None:

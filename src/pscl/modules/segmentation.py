@@ -72,15 +72,24 @@ class SegmentationModule(pl.LightningModule):
         self.frozen_bn = [m for m in backbone.modules()
                           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
                           and int(m.num_batches_tracked) > 0] if freeze_pretrained_bn else []
+        self._freeze_bn()
+
+    def _freeze_bn(self) -> None:
+        # Lightning keeps the modes it is given (it does not call train() when fitting starts)
+        for module in self.frozen_bn:
+            module.train(False)
+
+    def on_train_start(self) -> None:
+        self._freeze_bn()
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         """Train mode, except that frozen BatchNorm layers stay in eval mode (running statistics kept)."""
         super().train(mode)
-        for module in self.frozen_bn:
-            module.train(False)
+        self._freeze_bn()
         return self
 
     def on_train_epoch_start(self) -> None:
+        self._freeze_bn()  # also after a validation loop has restored the modes it found
         warmup = int(self.hparams.encoder_warmup_epochs)
         if warmup:
             # lr 0 rather than requires_grad=False: the same parameters train every step, as DDP expects

@@ -55,8 +55,10 @@ from pscl.reporting.study import (
     plot_pretraining_curve,
     probe_markdown,
     probe_rows,
+    save_figure,
     snapshot_markdown,
     snapshot_rows,
+    style_dice_axis,
 )
 
 # the paper's order: no pretraining, image-level methods, then PSCL
@@ -282,15 +284,8 @@ def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: Path) -> Path | 
             continue
         xs, ys, es = zip(*points)
         ax.errorbar(xs, ys, yerr=[0 if math.isnan(e) else e for e in es], marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("annotated images")
-    ax.set_ylabel("test Dice (foreground mean)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    style_dice_axis(ax, "annotated images")
+    return save_figure(fig, path)
 
 
 def _with_predictions(runs: Sequence[Run]) -> list[Run]:

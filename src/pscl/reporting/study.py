@@ -75,6 +75,24 @@ def snapshot_markdown(rows: Sequence[dict[str, Any]], baseline: tuple[float, flo
     return "\n".join(lines) + "\n"
 
 
+def style_dice_axis(ax: Any, xlabel: str, legend_size: int = 8) -> None:
+    """A log-x Dice axis with grid and legend, as every pscl-report curve has."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test Dice (foreground mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_pretraining_curve(rows: Sequence[dict[str, Any]], path: Path,
                            baseline: tuple[float, float, int] | None = None,
                            order: Callable[[str], Any] = str) -> Path | None:
@@ -108,15 +126,8 @@ def plot_pretraining_curve(rows: Sequence[dict[str, Any]], path: Path,
     left.set_title("fine-tuned")
     right.set_title("dense linear probe (frozen network)")
     for ax in (left, right):
-        ax.set_xscale("log")
-        ax.set_xlabel("pretraining steps")
-        ax.set_ylabel("test Dice (foreground mean)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        style_dice_axis(ax, "pretraining steps", legend_size=7)
+    return save_figure(fig, path)
 
 
 def probe_rows(records: Sequence[dict[str, Any]], baseline: str = "supervised",
