@@ -372,7 +372,12 @@ def class_weights(cfg: DictConfig, datamodule: Any) -> list[float] | None:
     if choice == "data":
         configured = cfg.data.get("class_weights")
         return None if configured is None else [float(w) for w in configured]
-    weights = class_weights_from_counts(datamodule.labeled_pixel_counts())
+    try:
+        weights = class_weights_from_counts(datamodule.labeled_pixel_counts())
+    except ValueError:
+        raise ConfigError("finetune.class_weights",
+                          f"is auto but the annotated images ({', '.join(datamodule.labeled_ids[:5])}) have no "
+                          "labelled pixel", "annotate them, or set finetune.class_weights=data") from None
     log.info("class weights from the annotated pixels: %s", weights)
     return weights
 
