@@ -142,3 +142,10 @@ def test_bad_class_weight_choice(tmp_path: Path) -> None:
     cfg = compose_config(["finetune.class_weights=inverse", *TINY], tmp_path / "run")
     with pytest.raises(ConfigError, match="finetune.class_weights"):
         train(cfg)
+
+
+def test_carving_keeps_preset_annotated_images_in_train() -> None:
+    ids = [f"i{k}" for k in range(10)]
+    for seed in range(5):
+        train, val = carve_validation(ids, {}, seed, 0.5, keep={"i0", "i1"})
+        assert {"i0", "i1"} <= set(train) and len(val) == 4 and not set(val) & set(train)

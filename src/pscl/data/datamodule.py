@@ -124,7 +124,9 @@ class MicrographDataModule(pl.LightningDataModule):
                                    test_fraction=hp.test_fraction, val_fraction=hp.val_fraction)
         if hp.val_fraction and not self.index.val_ids:  # a fixed split without val: carve it from train
             groups = {i: self.index.samples[i].group for i in self.index.train_ids}
-            train, val = carve_validation(self.index.train_ids, groups, hp.split_seed, float(hp.val_fraction))
+            presets = {i for ids in self.index.labeled_presets.values() for i in ids}
+            train, val = carve_validation(self.index.train_ids, groups, hp.split_seed, float(hp.val_fraction),
+                                          keep=presets)
             self.index = dataclasses.replace(self.index, train_ids=train, val_ids=val)
         self._load_annotated()
         self.labeled_ids = select_labeled(self.index.train_ids, hp.num_labeled, hp.label_seed,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -79,16 +79,18 @@ def select_labeled(train_ids: Sequence[str], num_labeled: int | str, label_seed:
 
 
 def carve_validation(train_ids: Sequence[str], groups: Mapping[str, str | None], seed: int,
-                     val_fraction: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+                     val_fraction: float, keep: Collection[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Move ``round(n * val_fraction)`` ids of each group from train to val (at least one train id
-    stays per group); the test split is never touched. Returns sorted ``(train, val)``."""
+    stays per group); ids in ``keep`` (preset annotated subsets) always stay in train, and the
+    test split is never touched. Returns sorted ``(train, val)``."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError("data.val_fraction", f"must lie in (0, 1) to carve a validation split, got {val_fraction}")
     by_group: dict[str, list[str]] = defaultdict(list)
     for i in sorted(train_ids):
-        by_group[str(groups.get(i))].append(i)
+        if i not in keep:
+            by_group[str(groups.get(i))].append(i)
     rng = np.random.default_rng(seed)
-    train: list[str] = []
+    train: list[str] = [i for i in train_ids if i in keep]
     val: list[str] = []
     for group in sorted(by_group):
         members = [by_group[group][j] for j in rng.permutation(len(by_group[group]))]
