@@ -4,6 +4,7 @@ the online callback logs without touching training, and eval.probe writes metric
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,17 @@ def test_online_probe_logs_to_tensorboard_without_changing_training(tmp_path: Pa
     a = load_pretrained(tmp_path / "plain" / "pretrain" / "pretrained.pt")
     b = load_pretrained(tmp_path / "probed" / "pretrain" / "pretrained.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prior_correction_predicts_with_the_annotated_class_frequencies() -> None:
+    """Balanced sampling makes a rare class look common; the corrected bias undoes that."""
+    torch.manual_seed(0)
+    labels = torch.cat([torch.zeros(9000, dtype=torch.long), torch.ones(1000, dtype=torch.long)])
+    rows = torch.randn(10000, 1) + labels.unsqueeze(1).float()  # overlapping classes
+    balanced = torch.cat([torch.arange(1000), torch.arange(9000, 10000)])
+    plain = fit_linear_probe(rows[balanced], labels[balanced], 2)
+    corrected = fit_linear_probe(rows[balanced], labels[balanced], 2, class_prior=torch.tensor([9000.0, 1000.0]))
+    shift = float(corrected.bias[1] - corrected.bias[0]) - float(plain.bias[1] - plain.bias[0])
+    assert shift == pytest.approx(math.log(1 / 9), abs=1e-4)
+    accuracy = [(p.predict(rows) == labels).float().mean() for p in (plain, corrected)]
+    assert accuracy[1] > accuracy[0] + 0.1 and accuracy[1] > 0.9

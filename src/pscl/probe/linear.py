@@ -2,8 +2,11 @@
 
 Pixels are sampled class-balanced from the annotated images (:func:`sample_pixels`), features
 are standardised with the sampled pixels' mean and std, and a multinomial logistic regression
-with a small L2 penalty is fitted by full-batch L-BFGS (:func:`fit_linear_probe`). No setting is
-chosen on any evaluation data: the defaults are fixed.
+with a small L2 penalty is fitted by full-batch L-BFGS (:func:`fit_linear_probe`). Balanced
+sampling makes rare classes as frequent as the matrix; the bias is then shifted by
+``log(prior / sampled share)`` per class, so that the probe predicts with the class frequencies
+of the annotated pixels (the Bayes correction for a changed prior) instead of flooding the image
+with rare classes. No setting is chosen on any evaluation data: the defaults are fixed.
 """
 
 from __future__ import annotations
@@ -57,10 +60,12 @@ def sample_pixels(features: torch.Tensor, mask: torch.Tensor, num_classes: int, 
 
 
 def fit_linear_probe(rows: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float = 1e-3,
-                     max_iter: int = 100) -> LinearProbe:
+                     max_iter: int = 100, class_prior: torch.Tensor | None = None) -> LinearProbe:
     """Fit a multinomial logistic regression to ``rows`` (N, F) and ``labels`` (N,) by L-BFGS.
 
-    Classes absent from ``labels`` get a bias of -30, so they are never predicted.
+    ``class_prior`` (K,): the class frequencies the probe should predict with (e.g. the annotated
+    pixel counts); the bias is shifted by ``log(prior / share in labels)``. Classes absent from
+    ``labels`` get a bias of -30, so they are never predicted.
     """
     keep = labels != IGNORE_INDEX
     rows, labels = rows[keep].float(), labels[keep].long()
@@ -82,6 +87,12 @@ def fit_linear_probe(rows: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
     with torch.enable_grad():
         optimiser.step(closure)
-    present = torch.bincount(labels, minlength=num_classes) > 0
-    final_bias = torch.where(present, bias.detach(), torch.full_like(bias, -30.0))
+    sampled = torch.bincount(labels, minlength=num_classes).float()
+    present = sampled > 0
+    final_bias = bias.detach()
+    if class_prior is not None:
+        prior = torch.as_tensor(class_prior, dtype=torch.float32)
+        shift = torch.log(prior.clamp_min(1e-12) / prior.sum()) - torch.log(sampled.clamp_min(1) / sampled.sum())
+        final_bias = final_bias + torch.where(present, shift, torch.zeros_like(shift))
+    final_bias = torch.where(present, final_bias, torch.full_like(bias, -30.0))
     return LinearProbe(mean, std, weight.detach(), final_bias)
