@@ -8,7 +8,9 @@ The test isolates what geometric correspondence teaches: patch loss only
 image-level loss nor the annotated image's class slots can carry the signal. Calibration on the
 2-core machine (10 epochs, 30 steps; probe Dice, multiscale features): random init 0.607 before
 training and 0.652 for a fresh initialisation; aligned pairs 0.797 (lift 0.145), shifted pairs
-0.729 (lift 0.077). The threshold 0.11 sits between them.
+0.729 (lift 0.077). The threshold 0.11 sits between them. Those numbers predate the probe's
+prior correction; re-run after it on the same machine, aligned pairs still pass and shifted
+pairs still fail.
 """
 
 from __future__ import annotations
