@@ -104,6 +104,11 @@ def snapshot_epochs(cfg: DictConfig) -> list[int]:
     return sorted(set(epochs) | {final})
 
 
+def build_backbone(cfg: DictConfig, datamodule: Any) -> Any:
+    """The configured backbone for this data's channels and classes (freshly initialised)."""
+    return instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
+
+
 def _probe_settings(cfg: DictConfig) -> Any:
     from pscl.probe.evaluate import settings_from_config
 
@@ -134,7 +139,7 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
 
     stage_dir = output_dir / "pretrain"
     epochs = snapshot_epochs(cfg)
-    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
+    backbone = build_backbone(cfg, datamodule)
     module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes)
     datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size),
                                annotated=module.uses_labels)
@@ -278,10 +283,8 @@ def _random_init_probe(cfg: DictConfig, datamodule: Any, split: str) -> dict[str
     """The probe's floor: the same probe on the backbone as initialised under ``seed``."""
     from pscl.probe.evaluate import random_init_probe
 
-    def make() -> Any:
-        return instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
-
-    return random_init_probe(make, datamodule, _probe_settings(cfg), split, seed=int(cfg.seed))
+    return random_init_probe(lambda: build_backbone(cfg, datamodule), datamodule, _probe_settings(cfg), split,
+                             seed=int(cfg.seed))
 
 
 def probe_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Tensor] | None,
@@ -294,8 +297,7 @@ def probe_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Ten
         values = dict(floor)
     else:
         with torch.random.fork_rng(devices=[]):  # building the backbone draws initial weights
-            backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels,
-                                   num_classes=datamodule.num_classes)
+            backbone = build_backbone(cfg, datamodule)
         transfer_weights(backbone, weights)
         values = probe_backbone(backbone, datamodule, _probe_settings(cfg), floor["split"])
     short = {k: values[k] for k in ("dice", "acc", "miou", "features", "split", "seconds")}
@@ -392,7 +394,7 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     from pscl.transfer import transfer_weights
 
     split = eval_split(cfg)
-    backbone = instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
+    backbone = build_backbone(cfg, datamodule)
     if pretrained is not None:
         keys = transfer_weights(backbone, pretrained)
         log.info("fine-tuning from %d pretrained encoder/decoder tensors", len(keys))

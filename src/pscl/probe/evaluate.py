@@ -73,17 +73,15 @@ def probe_backbone(backbone: SegmentationBackbone, datamodule: Any, settings: Pr
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             rows, labels = [], []
-            counts = torch.zeros(num_classes)
             annotated = datamodule.whole_image_dataset(datamodule.labeled_ids)
             for item in (annotated[k] for k in range(len(annotated))):  # indexed: the dataset cycles
                 maps = dense_features(backbone, item["image"].unsqueeze(0).to(device), settings.features)[0].cpu()
                 r, y = sample_pixels(maps, item["mask"], num_classes, int(settings.pixels_per_class), generator)
                 rows.append(r)
                 labels.append(y)
-                valid = item["mask"][item["mask"] < num_classes]
-                counts += torch.bincount(valid.flatten(), minlength=num_classes).float()
             probe = fit_linear_probe(torch.cat(rows), torch.cat(labels), num_classes, float(settings.l2),
-                                     int(settings.max_iter), class_prior=counts)
+                                     int(settings.max_iter),
+                                     class_prior=torch.tensor(datamodule.labeled_pixel_counts(), dtype=torch.float32))
             metrics = SegmentationMetrics(datamodule.class_names)
             evaluated = datamodule.whole_image_dataset(eval_ids)
             for item in (evaluated[k] for k in range(len(evaluated))):
