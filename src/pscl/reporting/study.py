@@ -75,9 +75,16 @@ def snapshot_markdown(rows: Sequence[dict[str, Any]], baseline: tuple[float, flo
     return "\n".join(lines) + "\n"
 
 
-def style_dice_axis(ax: Any, xlabel: str, legend_size: int = 8) -> None:
-    """A log-x Dice axis with grid and legend, as every pscl-report curve has."""
+def style_dice_axis(ax: Any, xlabel: str, legend_size: int = 8, ticks: Sequence[float] = ()) -> None:
+    """A log-x Dice axis with grid and legend, as every pscl-report curve has; ``ticks``: label
+    exactly these x values (the measured points) instead of the log axis's own labels."""
     ax.set_xscale("log")
+    if ticks:
+        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test Dice (foreground mean)")
     ax.grid(alpha=0.3)
@@ -126,7 +133,7 @@ def plot_pretraining_curve(rows: Sequence[dict[str, Any]], path: Path,
     left.set_title("fine-tuned")
     right.set_title("dense linear probe (frozen network)")
     for ax in (left, right):
-        style_dice_axis(ax, "pretraining steps", legend_size=7)
+        style_dice_axis(ax, "pretraining steps", legend_size=7, ticks=[r["steps"] for r in rows])
     return save_figure(fig, path)
 
 
