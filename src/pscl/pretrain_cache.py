@@ -5,20 +5,25 @@ pretraining depends only on its own configuration and the unlabelled pool: five 
 share one pretraining. :func:`pretraining_key` hashes everything that shapes it - the method's
 pretraining node and epochs, the backbone, the seed, the data settings that define the pool and
 its views (not the label selection or fine-tuning settings), the trainer settings that change
-the computation, the pool's file names and sizes, and the pscl version. Weights are stored under
+the computation, the SHA-256 of every pool file (and, for PSCL, of the annotated masks), and the
+pscl version. Weights are stored under
 ``<cache_dir>/pretrained/<method>-<key>/``. PSCL, whose sampling uses the annotated images, also
 hashes their ids: it is reused only by runs of the same round (e.g. the points of a protocol
 grid). The snapshots of a pretraining-length study (``snapshot_epochs``) are stored beside the
 weights and are part of the key.
+
+An entry can be trusted only as far as it checks out: its files are written atomically under a
+lock, ``entry.json`` (the SHA-256 of each weights file) last, and :func:`lookup` reuses an entry
+only if every hash matches and the weights load without a pickle and are finite. Anything else
+is reported and pretrained again. A cache that cannot be written costs the reuse, not the run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import pscl
+from pscl.errors import PsclError
+from pscl.integrity import atomic_write_text, copy_atomic, file_lock, hash_file
+
+log = logging.getLogger("pscl.pretrain_cache")
+ENTRY_FILE = "entry.json"
 
 # data settings that choose or feed the labelled images / fine-tuning only, or say where files live
 NOT_PRETRAINING_DATA_KEYS = frozenset({
@@ -41,13 +51,28 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Sequence[str] | None = None,
-                       snapshot_epochs: Sequence[int] = ()) -> dict[str, Any]:
-    """The part of ``cfg`` (plus the pool's files) that determines the pretrained weights.
+_HASHES: dict[tuple[str, int, int], str] = {}
 
-    ``labeled_ids``: the annotated images, for methods whose pretraining uses them;
-    ``snapshot_epochs``: the epochs whose weights are kept too. Both enter only when given, so
-    the keys of earlier label-free pretrainings stay valid.
+
+def content_hashes(paths: Sequence[Path]) -> list[list[str]]:
+    """``[[name, sha256]]`` of ``paths`` (sorted), each file hashed once per process (by path, size, mtime)."""
+    out = []
+    for path in sorted(Path(p) for p in paths):
+        stat = path.stat()
+        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if memo not in _HASHES:
+            _HASHES[memo] = hash_file(path)
+        out.append([path.name, _HASHES[memo]])
+    return out
+
+
+def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Sequence[str] | None = None,
+                       snapshot_epochs: Sequence[int] = (), label_files: Sequence[Path] = ()) -> dict[str, Any]:
+    """The part of ``cfg`` (plus the pool's contents) that determines the pretrained weights.
+
+    ``labeled_ids``: the annotated images, for methods whose pretraining uses them, with
+    ``label_files`` their masks (hashed too); ``snapshot_epochs``: the epochs whose weights are
+    kept too. They enter only when given.
     """
     data = {k: v for k, v in _plain(cfg.data).items() if k not in NOT_PRETRAINING_DATA_KEYS}
     trainer = _plain(cfg.trainer)
@@ -56,6 +81,11 @@ def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Seque
         extra["labeled_ids"] = sorted(labeled_ids)
     if snapshot_epochs:
         extra["snapshot_epochs"] = sorted(int(e) for e in snapshot_epochs)
+    if label_files:
+        extra["label_files"] = content_hashes(label_files)
+    started = time.perf_counter()
+    pool_hashes = content_hashes(pool)
+    log.debug("hashed %d pool files in %.2f s", len(pool_hashes), time.perf_counter() - started)
     return {
         **extra,
         "method": cfg.method.name,
@@ -65,7 +95,7 @@ def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Seque
         "seed": int(cfg.seed),
         "data": data,
         "trainer": {k: trainer.get(k) for k in PRETRAINING_TRAINER_KEYS},
-        "pool": [[p.name, p.stat().st_size] for p in sorted(Path(p) for p in pool)],
+        "pool": pool_hashes,
         "pscl_version": pscl.__version__,
     }
 
@@ -80,31 +110,74 @@ def cache_folder(cache_dir: str | Path, method: str, key: str) -> Path:
     return Path(cache_dir).expanduser() / "pretrained" / f"{method}-{key}"
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _entry_files(folder: Path) -> list[Path]:
+    return [folder / "pretrained.pt", *sorted((folder / "snapshots").glob("*.pt"))]
 
 
-def store(folder: Path, weights_file: Path, config: dict[str, Any], snapshots: Sequence[Path] = ()) -> Path:
-    """Copy a finished ``pretrained.pt`` (and its snapshot files) into ``folder`` atomically, with
-    the hashed config beside it.
+def store(folder: Path, weights_file: Path, config: dict[str, Any], snapshots: Sequence[Path] = ()) -> Path | None:
+    """Copy a finished ``pretrained.pt`` (and its snapshot files) into ``folder``; None if it could not.
 
-    The snapshots go first and ``pretrained.pt`` last, so an entry with ``pretrained.pt`` is whole.
-    Concurrent runs with the same key may both store; the last rename wins and both files are equal.
+    Under a lock, each file is copied atomically, then ``entry.json`` records their SHA-256: an
+    entry without it is unfinished and never reused. An entry another run completed meanwhile is
+    kept as it is (write-once). A cache that cannot be written logs a warning and the run goes on.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-    for snapshot in snapshots:
-        (folder / "snapshots").mkdir(exist_ok=True)
-        _copy_atomic(Path(snapshot), folder / "snapshots" / Path(snapshot).name)
-    _copy_atomic(weights_file, folder / "pretrained.pt")
+    try:
+        with file_lock(folder.parent / f".{folder.name}.lock"):
+            if verify(folder) is None:
+                return folder / "pretrained.pt"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / ENTRY_FILE).unlink(missing_ok=True)
+            atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str))
+            for snapshot in snapshots:
+                copy_atomic(Path(snapshot), folder / "snapshots" / Path(snapshot).name)
+            copy_atomic(weights_file, folder / "pretrained.pt")
+            hashes = {str(p.relative_to(folder)): hash_file(p) for p in _entry_files(folder)}
+            atomic_write_text(folder / ENTRY_FILE, json.dumps({"sha256": hashes}, indent=2, sort_keys=True))
+    except OSError as exc:
+        log.warning("could not store the pretraining in the cache (%s); this run goes on, later runs will "
+                    "pretrain again (set paths.cache_dir or PSCL_CACHE_DIR to a writable folder)", exc)
+        return None
     return folder / "pretrained.pt"
+
+
+def verify(folder: Path) -> str | None:
+    """None if the entry in ``folder`` is whole and unchanged; otherwise why it cannot be reused."""
+    entry = folder / ENTRY_FILE
+    if not (folder / "pretrained.pt").is_file():
+        return "no pretrained.pt"
+    if not entry.is_file():
+        return f"no {ENTRY_FILE} (an unfinished or older entry)"
+    try:
+        recorded = json.loads(entry.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {ENTRY_FILE} ({exc})"
+    present = {str(p.relative_to(folder)) for p in _entry_files(folder)}
+    if set(recorded) != present:
+        return f"its files ({sorted(present)}) are not the recorded ones ({sorted(recorded)})"
+    for name, digest in sorted(recorded.items()):
+        if hash_file(folder / name) != digest:
+            return f"{name} changed since it was stored (content hash differs)"
+    return None
+
+
+def lookup(folder: Path, epochs: Sequence[int]) -> tuple[dict, list[tuple[int, int, Path]]] | None:
+    """The cached weights and snapshots of ``epochs`` if the entry checks out; None (with a warning
+    when an entry exists but fails its checks) otherwise."""
+    from pscl.transfer import load_pretrained
+
+    if not folder.exists():
+        return None
+    problem = verify(folder)
+    snapshots = cached_snapshots(folder, epochs) if problem is None else None
+    if problem is None and snapshots is None:
+        problem = "a snapshot is missing"
+    if problem is None:
+        try:
+            return load_pretrained(folder / "pretrained.pt"), snapshots
+        except PsclError as exc:
+            problem = str(exc).splitlines()[0]
+    log.warning("cached pretraining %s is not reused: %s; pretraining again", folder, problem)
+    return None
 
 
 def cached_snapshots(folder: Path, epochs: Sequence[int]) -> list[tuple[int, int, Path]] | None:
@@ -117,5 +190,9 @@ def cached_snapshots(folder: Path, epochs: Sequence[int]) -> list[tuple[int, int
         path = snapshot_path(folder / "snapshots", epoch)
         if not path.is_file():
             return None
-        found.append((int(epoch), int(read_meta(path).get("steps", -1)), path))
+        try:
+            steps = int(read_meta(path).get("steps", -1))
+        except PsclError:
+            return None
+        found.append((int(epoch), steps, path))
     return found

@@ -177,20 +177,21 @@ def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pre
     annotated images; a label-free one by every round.
     """
     from pscl import pretrain_cache
-    from pscl.transfer import load_pretrained
 
     module_class = hydra.utils.get_class(cfg.method.pretrain._target_)
     labeled = list(datamodule.labeled_ids) if module_class.uses_labels else None
     epochs = snapshot_epochs(cfg)
-    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, epochs)
+    label_files = datamodule.labeled_mask_files() if labeled else ()
+    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, epochs, label_files)
     key = pretrain_cache.pretraining_key(config)
     folder = pretrain_cache.cache_folder(cfg.paths.cache_dir, cfg.method.name, key)
-    cached = pretrain_cache.cached_snapshots(folder, epochs)
-    if cfg.get("reuse_pretraining", True) and (folder / "pretrained.pt").is_file() and cached is not None:
-        log.info("reusing pretraining %s-%s from %s (same pretraining config%s; reuse_pretraining=false redoes it)",
-                 cfg.method.name, key, folder, " and annotated images" if labeled else "")
-        return Pretraining(load_pretrained(folder / "pretrained.pt"),
-                           {"reused": True, "key": key, "source": str(folder / "pretrained.pt")}, cached)
+    cached = pretrain_cache.lookup(folder, epochs) if cfg.get("reuse_pretraining", True) else None
+    if cached is not None:
+        log.info("reusing pretraining %s-%s from %s (same pretraining config and pool contents%s; "
+                 "reuse_pretraining=false redoes it)", cfg.method.name, key, folder,
+                 " and annotated images" if labeled else "")
+        weights, snapshots = cached
+        return Pretraining(weights, {"reused": True, "key": key, "source": str(folder / "pretrained.pt")}, snapshots)
     if labeled:
         log.info("pretraining %s for this round: its patch sampling uses the annotated images", cfg.method.name)
     else:

@@ -6,42 +6,56 @@ asserted: every encoder/decoder weight of the target is loaded, nothing else is.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
 from pscl.errors import DataError
+from pscl.integrity import assert_finite, atomic_write_bytes, load_weights
 from pscl.models.base import TRANSFER_PREFIXES, SegmentationBackbone
 
 
 def save_pretrained(state: dict[str, torch.Tensor], path: Path, meta: dict) -> Path:
-    """Write the transferable weights with a little provenance (method, config hash, ...)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"backbone": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, path)
+    """Write the transferable weights with a little provenance (method, config hash, ...), atomically.
+
+    Raises :class:`~pscl.integrity.NonFiniteError` (and writes nothing) if a weight is not finite.
+    """
+    assert_finite(state, "the pretrained weights", path)
+    buffer = io.BytesIO()
+    torch.save({"backbone": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
-def load_pretrained(path: Path | str) -> dict[str, torch.Tensor]:
-    """Transferable weights from a ``pretrained.pt`` or a Lightning pretraining checkpoint."""
+PRETRAINED_CKPT_FIX = "point pretrained_ckpt at a pscl pretraining output (<run>/pretrain/pretrained.pt)"
+
+
+def load_pretrained(path: Path | str, fix: str = PRETRAINED_CKPT_FIX) -> dict[str, torch.Tensor]:
+    """Transferable weights from a ``pretrained.pt`` or a Lightning pretraining checkpoint.
+
+    Read without running any pickle (:func:`pscl.integrity.load_weights`); refused if a weight is
+    not finite. ``fix`` is the advice given with an error (the caller knows where the file came from).
+    """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError("pretrained checkpoint not found", path, "pass pretrained_ckpt=<run>/pretrain/pretrained.pt")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise DataError(f"cannot be read as a checkpoint: {exc}", path, "point pretrained_ckpt at a pscl pretraining output") from None
-    if isinstance(blob, dict) and "backbone" in blob:
-        return dict(blob["backbone"])
-    if isinstance(blob, dict) and "state_dict" in blob:  # Lightning checkpoint of a pretraining module
+    blob = load_weights(path, fix)
+    if isinstance(blob, dict) and isinstance(blob.get("backbone"), dict):
+        state = dict(blob["backbone"])
+    elif isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):  # Lightning checkpoint of a pretraining
         prefix = "backbone."
         state = {k[len(prefix):]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
-        return {k: v for k, v in state.items() if k.startswith(TRANSFER_PREFIXES)}
-    raise DataError("holds no backbone weights", path, "point pretrained_ckpt at a pscl pretraining output")
+        state = {k: v for k, v in state.items() if k.startswith(TRANSFER_PREFIXES)}
+    else:
+        raise DataError("holds no backbone weights", path, fix)
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError("holds no backbone weights", path, fix)
+    assert_finite(state, "the pretrained weights", path)
+    return state
 
 
 def read_meta(path: Path | str) -> dict:
     """The provenance dict saved with a ``pretrained.pt`` or snapshot ({} if it has none)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    blob = load_weights(path)
     return dict(blob.get("meta", {})) if isinstance(blob, dict) else {}
 
 

@@ -187,6 +187,13 @@ class MicrographDataModule(pl.LightningDataModule):
             counts += np.bincount(mask[mask != 255].ravel(), minlength=self.num_classes)[: self.num_classes]
         return [int(c) for c in counts]
 
+    def labeled_mask_files(self) -> list[Path]:
+        """The mask files of this round's annotated images."""
+        self._require_setup()
+        index = self.index
+        assert index is not None
+        return [index.samples[i].mask for i in self.labeled_ids if index.samples[i].mask is not None]
+
     # ---------------------------------------------------------------- facts
     @property
     def class_names(self) -> tuple[str, ...]:
