@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: E402
 
 from pscl.errors import ConfigError, PsclError  # noqa: E402
+from pscl.integrity import NonFiniteError, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("pscl.train")
 
@@ -54,9 +55,13 @@ OPTIMISED_METRIC = "dice"
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that lets a user error (:class:`PsclError`) through unwrapped."""
+    """``hydra.utils.instantiate`` that lets a user error (:class:`PsclError`) through unwrapped.
+
+    Config values arrive as plain lists and dicts (``_convert_="all"``), so the hyperparameters
+    Lightning stores in checkpoints load with ``weights_only=True``.
+    """
     try:
-        return hydra.utils.instantiate(config, **kwargs)
+        return hydra.utils.instantiate(config, _convert_="all", **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
         while isinstance(cause, InstantiationException):
@@ -131,9 +136,9 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     ``snapshot_epochs`` entry, and the pretraining logs (with ``probe/dice`` every
     ``probe.every_n_epochs`` epochs).
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+    from pscl.callbacks.divergence import StopOnDivergence
     from pscl.callbacks.probe import OnlineProbe
+    from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
     from pscl.callbacks.snapshots import PretrainSnapshots
     from pscl.transfer import save_pretrained
 
@@ -144,7 +149,9 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size),
                                annotated=module.uses_labels)
     # only the progress bar of the configured callbacks applies: no predictions, own checkpoints
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)]
+    every_n_epochs = int(OmegaConf.select(cfg, "checkpoint.pretrain_every_n_epochs", default=5))
+    callbacks: list[Any] = [ResumeCheckpoint(stage_dir / "checkpoints", every_n_epochs),
+                            StopOnDivergence("pretraining", stage_dir / "checkpoints")]
     snapshots = PretrainSnapshots(epochs, stage_dir / "snapshots", {"method": cfg.method.name})
     if epochs:
         callbacks.append(snapshots)
@@ -163,7 +170,7 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     trainer.fit(module, datamodule=datamodule)
     datamodule.use_pretraining(None)
     state = module.transferable_state_dict()
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and not trainer.fast_dev_run:  # debug=fast_dev_run saves nothing
         save_pretrained(state, stage_dir / "pretrained.pt",
                         {"method": cfg.method.name, "labeled_ids": list(datamodule.labeled_ids)})
     saved = [(epoch, steps, path) for epoch, (path, steps) in sorted(snapshots.saved.items())]
@@ -210,8 +217,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ``stage=both`` pretrains (if the method has a pretraining stage), fine-tunes and tests;
     ``stage=pretrain`` stops after pretraining; ``stage=finetune`` fine-tunes from
-    ``pretrained_ckpt`` (or from scratch for ``method=supervised``).
+    ``pretrained_ckpt`` (or from scratch for ``method=supervised``). The run folder is marked
+    ``RUNNING`` meanwhile and ends with ``metrics.json`` or ``FAILED`` (:mod:`pscl.runs.state`).
     """
+    from pscl.runs import run_markers
+
+    output_dir = Path(cfg.paths.output_dir)
+    with run_markers(output_dir, enabled=rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run")):
+        return _train(cfg, output_dir)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from pscl.transfer import load_pretrained
 
     started = time.time()
@@ -229,7 +245,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("memory allocator: %s (PSCL_ALLOCATOR; docs/performance.md)",
              os.environ.get("PSCL_ALLOCATOR_IN_EFFECT", "unchanged"))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     datamodule = instantiate(cfg.data)
@@ -275,7 +290,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["transferred_keys"] = 0 if pretraining.weights is None else len(pretraining.weights)
     results["wall_time_s"] = round(time.time() - started, 1)
     if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(output_dir / "metrics.json", json.dumps(results, indent=2))
     _print_summary(results, output_dir, cfg)
     return results
 
@@ -392,6 +407,7 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     Returns the final metrics plus ``history``: the periodic test points (eval.protocol=paper).
     ``probe`` (the probe of the same weights) is logged beside them in TensorBoard.
     """
+    from pscl.callbacks.divergence import StopOnDivergence
     from pscl.transfer import transfer_weights
 
     split = eval_split(cfg)
@@ -413,7 +429,7 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
                           "use eval=default when choosing a protocol on the validation split")
     periodic = _periodic_test(cfg)
     trainer = build_trainer(cfg, **extra)
-    trainer.callbacks.extend(periodic)
+    trainer.callbacks.extend([*periodic, StopOnDivergence("fine-tuning", _finetune_checkpoint_dir(cfg))])
     trainer.fit(model, datamodule=datamodule)
     if trainer.world_size > 1:
         # A distributed sampler pads the test set with repeats; test once, on one device, instead.
@@ -430,6 +446,12 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     if model.test_results:
         _log_hparams(trainer, cfg, model.test_results, probe)
     return {**model.test_results, "history": list(model.test_history)}
+
+
+def _finetune_checkpoint_dir(cfg: DictConfig) -> Path | None:
+    """Where the configured ModelCheckpoint of fine-tuning writes (None without one)."""
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    return Path(node.dirpath) if node is not None and node.get("dirpath") else None
 
 
 def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:
@@ -484,21 +506,34 @@ def _is_multirun() -> bool:
         return False
 
 
+# exit codes of pscl-train: 0 done, 1 a crash (a bug: please report it), 2 a user error (bad data,
+# config value or option), 3 the training diverged (non-finite loss or weights)
+EXIT_CRASH, EXIT_USER_ERROR, EXIT_DIVERGED = 1, 2, 3
+_task_started = False
+
+
 @hydra.main(version_base="1.3", config_path="pkg://pscl.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
     """Run one job. A failure in a multirun is recorded in the job's folder and the sweep goes on."""
+    from pscl.runs.state import FAILED, failure_line
+
+    global _task_started
+    _task_started = True
     try:
         results = train(cfg)
         return float(results[results["split"]].get(OPTIMISED_METRIC, float("nan")))
+    except NonFiniteError as exc:
+        message, code = str(exc).splitlines()[0], EXIT_DIVERGED
     except (PsclError, OmegaConfBaseException) as exc:
-        message, user_error = _describe(exc), True
+        message, code = _describe(exc), EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - any crash of one job must not stop a sweep
         if not _is_multirun():
             raise
-        message, user_error = f"{type(exc).__name__}: {exc}", False
+        message, code = failure_line(exc), EXIT_CRASH
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "FAILED").write_text(message + "\n\n" + traceback.format_exc())
+    if not (output_dir / FAILED).is_file():  # failed before train() marked the folder
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / FAILED, message + "\n\n" + traceback.format_exc())
     if os.environ.get("PSCL_DEBUG"):
         traceback.print_exc()
     print(f"pscl-train: error: {message}", file=sys.stderr, flush=True)
@@ -506,7 +541,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         _failed_runs.append(str(output_dir))
         log.error("run failed (%s): %s", output_dir, message)
         return float("nan")
-    sys.exit(2 if user_error else 1)
+    sys.exit(code)
 
 
 def main() -> None:
@@ -520,7 +555,14 @@ def main() -> None:
         print(f"pscl-train: {exc}", file=sys.stderr)
         sys.exit(2)
     os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = allocator
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as exc:
+        # Hydra reports a bad option, an unknown config group or an unwritable run folder in one
+        # message and exits 1 before the task starts: those are user errors (exit 2).
+        if exc.code == 1 and not _task_started:
+            sys.exit(EXIT_USER_ERROR)
+        raise
     if _failed_runs:
         print(f"pscl-train: {len(_failed_runs)} run(s) failed; see FAILED in:\n  " + "\n  ".join(_failed_runs),
               file=sys.stderr)

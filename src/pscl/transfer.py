@@ -65,6 +65,7 @@ def transfer_weights(backbone: SegmentationBackbone, state: dict[str, torch.Tens
     Raises if the pretrained weights do not cover exactly the target's encoder/decoder keys
     (a different architecture or width) or carry anything else.
     """
+    assert_finite(state, "the pretrained weights")
     expected = set(backbone.transferable_state_dict())
     given = set(state)
     if given != expected:

@@ -40,12 +40,13 @@ class PredictionWriter(pl.Callback):
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._logged = 0
-        (self.dirpath / "overlay").mkdir(parents=True, exist_ok=True)
+        if not trainer.fast_dev_run:
+            (self.dirpath / "overlay").mkdir(parents=True, exist_ok=True)
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                           batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not isinstance(outputs, dict) or "preds" not in outputs:
-            return
+        if not isinstance(outputs, dict) or "preds" not in outputs or trainer.fast_dev_run:
+            return  # debug=fast_dev_run saves nothing
         preds = outputs["preds"].detach().cpu().numpy().astype(np.uint8)
         images = batch["image"].detach().float().cpu().numpy()
         datamodule = getattr(trainer, "datamodule", None)

@@ -80,6 +80,7 @@ class Run:
     protocol: str = "final"
     data_root: str | None = None
     error: str | None = None
+    state: str = "finished"  # finished | failed | unfinished (pscl.runs.state)
     split: str = "test"  # val: a protocol-grid run (test holds its validation metrics)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     probe: dict[str, Any] | None = None
@@ -103,18 +104,23 @@ def _from_hydra_config(folder: Path) -> dict[str, Any]:
 
 
 def collect_runs(roots: Sequence[Path]) -> list[Run]:
-    """Every run folder below ``roots`` (a folder with ``metrics.json`` or ``FAILED``)."""
+    """Every run folder below ``roots``: finished (``metrics.json``), failed (``FAILED``, or
+    non-finite metrics) or unfinished (``RUNNING`` only: killed, or still running)."""
+    from pscl.runs.state import FAILED, METRICS, RUNNING, read_state
+
     runs: list[Run] = []
-    folders = sorted({p.parent for root in roots for name in ("metrics.json", "FAILED") for p in Path(root).rglob(name)})
+    folders = sorted({p.parent for root in roots for name in (METRICS, FAILED, RUNNING)
+                      for p in Path(root).rglob(name)})
     for folder in folders:
-        failed = folder / "FAILED"
-        if failed.is_file():
-            facts = _from_hydra_config(folder)
-            first_line = failed.read_text(errors="replace").strip().splitlines()[0] if failed.stat().st_size else "failed"
-            runs.append(Run(folder, str(facts.get("method", "?")), str(facts.get("num_labeled", "?")),
-                            int(facts.get("label_seed", -1)), error=first_line))
+        state = read_state(folder)
+        if state is None:
             continue
-        record = json.loads((folder / "metrics.json").read_text())
+        if state.state != "finished":
+            facts = _from_hydra_config(folder)
+            runs.append(Run(folder, str(facts.get("method", "?")), str(facts.get("num_labeled", "?")),
+                            int(facts.get("label_seed", -1)), error=state.detail or state.state, state=state.state))
+            continue
+        record = json.loads((folder / METRICS).read_text())
         split = record.get("split", "test")
         if not record.get(split):  # a pretraining-only run: nothing to report
             continue
@@ -209,7 +215,8 @@ def summarize(runs: Sequence[Run], protocol: str) -> list[dict[str, Any]]:
             "rounds": len(done), "label_seeds": [r.label_seed for r in done],
             "dice_mean": dice_mean, "dice_std": dice_std, "acc_mean": acc_mean, "acc_std": acc_std,
             "class_dice": {k[len("dice_"):]: statistics.fmean(v[k] for v in values) for k in class_keys},
-            "failed": [str(r.folder) for r in members if r.failed],
+            "failed": [str(r.folder) for r in members if r.state == "failed"],
+            "unfinished": [str(r.folder) for r in members if r.state == "unfinished"],
             "protocol": protocol,
         })
     return rows
@@ -232,13 +239,15 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], protocol: str)
              "|---|---|---:|---|---|" + "---:|" * len(classes)]
     for row in rows:
         per_class = " | ".join(f"{row['class_dice'][c]:.3f}" if c in row["class_dice"] else "-" for c in classes)
-        failed = f" ({len(row['failed'])} failed)" if row["failed"] else ""
+        counts = [f"{len(row[k])} {k}" for k in ("failed", "unfinished") if row.get(k)]
+        failed = f" ({', '.join(counts)})" if counts else ""
         lines.append(f"| {row['method']} | {row['num_labeled']} | {row['rounds']}{failed} | "
                      f"{_fmt(row['dice_mean'], row['dice_std'])} | {_fmt(row['acc_mean'], row['acc_std'])} | {per_class} |")
     failed_runs = [r for r in runs if r.failed]
     if failed_runs:
-        lines += ["", "Failed runs (not in the means):", ""]
-        lines += [f"* {r.method}, labels {r.num_labeled}, round {r.label_seed}: `{r.folder}` - {r.error}" for r in failed_runs]
+        lines += ["", "Failed and unfinished runs (not in the means):", ""]
+        lines += [f"* {r.state}: {r.method}, labels {r.num_labeled}, round {r.label_seed}: `{r.folder}` - {r.error}"
+                  for r in failed_runs]
     return "\n".join(lines) + "\n"
 
 
@@ -246,10 +255,10 @@ def write_csvs(out: Path, rows: Sequence[dict[str, Any]], runs: Sequence[Run], p
     classes = list(dict.fromkeys(c for row in rows for c in row["class_dice"]))
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "num_labeled", "rounds", "failed", "dice_mean", "dice_std", "acc_mean", "acc_std",
+        writer.writerow(["method", "num_labeled", "rounds", "failed", "unfinished", "dice_mean", "dice_std", "acc_mean", "acc_std",
                          *[f"dice_{c}" for c in classes], "protocol", "std"])
         for row in rows:
-            writer.writerow([row["method"], row["num_labeled"], row["rounds"], len(row["failed"]),
+            writer.writerow([row["method"], row["num_labeled"], row["rounds"], len(row["failed"]), len(row["unfinished"]),
                              row["dice_mean"], row["dice_std"], row["acc_mean"], row["acc_std"],
                              *[row["class_dice"].get(c, "") for c in classes], protocol, "sample (n-1)"])
     with open(out / "runs.csv", "w", newline="") as handle:
@@ -259,7 +268,7 @@ def write_csvs(out: Path, rows: Sequence[dict[str, Any]], runs: Sequence[Run], p
         for run in sorted(runs, key=lambda r: (_method_key(r.method), r.num_labeled, r.label_seed)):
             if run.failed:
                 writer.writerow([run.method, run.num_labeled, run.label_seed, "", "", *[""] * len(classes), "",
-                                 "failed", run.folder])
+                                 run.state, run.folder])
                 continue
             values = reported_values(run, protocol)
             writer.writerow([run.method, run.num_labeled, run.label_seed, values["dice"], values["acc"],

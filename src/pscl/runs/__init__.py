@@ -1,0 +1,5 @@
+"""A run folder's life: its state markers (and, later, resuming it)."""
+
+from pscl.runs.state import FAILED, METRICS, RUNNING, RunState, read_state, run_markers
+
+__all__ = ["FAILED", "METRICS", "RUNNING", "RunState", "read_state", "run_markers"]
