@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pscl
 from pscl.errors import PsclError
-from pscl.integrity import atomic_write_text, copy_atomic, file_lock, hash_file
+from pscl.integrity import atomic_write_text, content_hashes, copy_atomic, file_lock, hash_file
 
 log = logging.getLogger("pscl.pretrain_cache")
 ENTRY_FILE = "entry.json"
@@ -49,21 +49,6 @@ PRETRAINING_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def content_hashes(paths: Sequence[Path]) -> list[list[str]]:
-    """``[[name, sha256]]`` of ``paths`` (sorted), each file hashed once per process (by path, size, mtime)."""
-    out = []
-    for path in sorted(Path(p) for p in paths):
-        stat = path.stat()
-        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if memo not in _HASHES:
-            _HASHES[memo] = hash_file(path)
-        out.append([path.name, _HASHES[memo]])
-    return out
 
 
 def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Sequence[str] | None = None,

@@ -228,9 +228,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    from pscl.checks import check_config
     from pscl.transfer import load_pretrained
 
     started = time.time()
+    check_config(cfg)
     stage = str(cfg.get("stage", "both"))
     if stage not in {"pretrain", "finetune", "both"}:
         raise ConfigError("stage", f"must be pretrain, finetune or both, got {stage!r}")
@@ -523,7 +525,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         results = train(cfg)
         return float(results[results["split"]].get(OPTIMISED_METRIC, float("nan")))
     except NonFiniteError as exc:
-        message, code = str(exc).splitlines()[0], EXIT_DIVERGED
+        message, code = str(exc), EXIT_DIVERGED
     except (PsclError, OmegaConfBaseException) as exc:
         message, code = _describe(exc), EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - any crash of one job must not stop a sweep
@@ -544,6 +546,34 @@ def _hydra_main(cfg: DictConfig) -> float:
     sys.exit(code)
 
 
+def run_cli() -> int:
+    """Run the Hydra app on ``sys.argv`` and return pscl-train's exit code (see EXIT_*).
+
+    Hydra reports a bad option, an unknown config group or an unwritable run folder in one
+    message and exits 1 before the task starts: those are user errors, so they return 2.
+    """
+    from pscl.checks.folders import check_log_folder
+
+    global _task_started
+    _task_started = False
+    _failed_runs.clear()
+    try:
+        check_log_folder(sys.argv[1:])
+    except PsclError as exc:
+        print(f"pscl-train: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    try:
+        _hydra_main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_CRASH)
+        return EXIT_USER_ERROR if code == EXIT_CRASH and not _task_started else code
+    if _failed_runs:
+        print(f"pscl-train: {len(_failed_runs)} run(s) failed; see FAILED in:\n  " + "\n  ".join(_failed_runs),
+              file=sys.stderr)
+        return EXIT_CRASH
+    return 0
+
+
 def main() -> None:
     """``pscl-train`` (via :func:`pscl.cli.train`) and ``python -m pscl.train``; exits non-zero if
     any job of a multirun failed."""
@@ -553,20 +583,9 @@ def main() -> None:
         allocator = configure_allocator()  # may re-execute this command with mimalloc preloaded
     except ValueError as exc:
         print(f"pscl-train: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = allocator
-    try:
-        _hydra_main()
-    except SystemExit as exc:
-        # Hydra reports a bad option, an unknown config group or an unwritable run folder in one
-        # message and exits 1 before the task starts: those are user errors (exit 2).
-        if exc.code == 1 and not _task_started:
-            sys.exit(EXIT_USER_ERROR)
-        raise
-    if _failed_runs:
-        print(f"pscl-train: {len(_failed_runs)} run(s) failed; see FAILED in:\n  " + "\n  ".join(_failed_runs),
-              file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":

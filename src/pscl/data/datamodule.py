@@ -132,6 +132,7 @@ class MicrographDataModule(pl.LightningDataModule):
         self.labeled_ids = select_labeled(self.index.train_ids, hp.num_labeled, hp.label_seed,
                                           self.index.labeled_presets)
         self._check_crop_size()
+        self._check_pool()
         self.mean, self.std = self._intensity_stats(self.index.train_ids)
         if hp.class_weights is not None and len(hp.class_weights) != self.num_classes:
             raise ConfigError("data.class_weights",
@@ -171,6 +172,13 @@ class MicrographDataModule(pl.LightningDataModule):
                     f"{crop} is larger than the annotated image {self.index.samples[sample_id].image} ({w}x{h})",
                     f"set data.crop_size<={min(h, w)} or data.crop_size=null to train on whole images",
                 )
+
+    def _check_pool(self) -> None:
+        """Decode (or recall by content hash) every pretraining pool image and compare it to the crop."""
+        from pscl.checks.pool import check_pool
+
+        known = {self.index.samples[i].image: self._images[i].shape[:2] for i in self.index.train_ids}
+        check_pool(self.pretraining_pool(), self.hparams.in_channels, self.hparams.crop_size, self.cache_dir, known)
 
     def _intensity_stats(self, ids: Sequence[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std over the train images (labels are not used)."""

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pscl.data.io import is_image_file
 from pscl.data.splits import seeded_split
 from pscl.errors import DataError
+
+log = logging.getLogger("pscl.data")
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,12 @@ def index_folder(root: Path | str, split_seed: int = 0, test_fraction: float = 0
         unlabeled = tuple(
             Sample(p.stem, p, None, groups.get(p.stem)) for p in list_image_files(root / "unlabeled")
         )
+    if groups:
+        lacking = sorted(s.id for s in (*samples.values(), *unlabeled) if s.id not in groups)
+        if lacking:
+            log.warning("%s lists no group for %d image(s): %s%s; they get no group (splits and the "
+                        "report treat them as a group of their own)", root / "meta.csv", len(lacking),
+                        ", ".join(lacking[:10]), " ..." if len(lacking) > 10 else "")
     if (root / "splits.json").is_file():
         splits = read_splits(root / "splits.json", set(samples))
     else:

@@ -1,0 +1,123 @@
+"""Checked ranges for every user-facing config value, tested once before anything is built.
+
+A bad value stops the run at once with one line naming the key, the allowed range and the value
+(:class:`~pscl.errors.ConfigError`, exit 2), instead of a traceback minutes later. The modules keep
+their own checks for callers that build them without a config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pscl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``key`` must be a ``kind`` (int or float) within [low, high] (None: unbounded); open bounds
+    are strict; ``nullable`` accepts null; ``only_if``: checked only when that key is set."""
+
+    key: str
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+    only_if: str | None = None
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            bounds = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            bounds = f"{'>' if self.low_open else '>='} {self.low:g}"
+        elif self.high is not None:
+            bounds = f"{'<' if self.high_open else '<='} {self.high:g}"
+        else:
+            bounds = ""
+        return f"must be {what} {bounds}".rstrip() + (" or null" if self.nullable else "")
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+
+def _rules() -> tuple[Rule, ...]:
+    positive_int = {"kind": int, "low": 1}
+    count = {"kind": int, "low": 0}
+    fraction = {"kind": float, "low": 0, "high": 1}
+    learning_rate = {"kind": float, "low": 0, "high": 10, "low_open": True}
+    return (
+        Rule("seed", **count),
+        Rule("data.label_seed", **count),
+        Rule("data.split_seed", **count),
+        Rule("data.crop_size", int, 8, nullable=True),
+        Rule("data.batch_size", **positive_int),
+        Rule("data.test_batch_size", **positive_int),
+        Rule("data.samples_per_epoch", **positive_int),
+        Rule("data.unlabeled_batch_size", **positive_int),
+        Rule("data.num_workers", **count),
+        Rule("data.jitter", **fraction),
+        Rule("data.test_fraction", float, 0, 1, low_open=True, high_open=True),
+        Rule("data.val_fraction", float, 0, 1, high_open=True),
+        Rule("trainer.max_epochs", **positive_int),
+        Rule("method.pretrain_epochs", **positive_int, only_if="method.pretrain"),
+        # lightly's losses refuse |temperature| < 1e-8; below 1e-3 the logits overflow anyway
+        Rule("method.temperature", float, 1e-3, 100),
+        Rule("method.global_local_ratio", **fraction),
+        Rule("method.momentum", float, 0, 1, high_open=True),
+        Rule("method.queue_size", **positive_int),
+        Rule("method.dense_weight", **fraction),
+        Rule("method.finetune_encoder_lr", **learning_rate),
+        Rule("method.finetune_decoder_lr", **learning_rate),
+        Rule("method.pretrain.lr", **learning_rate),
+        Rule("finetune.ce_weight", float, 0),
+        Rule("finetune.dice_weight", float, 0),
+        Rule("finetune.encoder_warmup_epochs", **count),
+        Rule("sampling.top_k", **positive_int),
+        Rule("sampling.sample_ratio", **positive_int),
+        Rule("probe.pixels_per_class", **positive_int),
+        Rule("probe.l2", float, 0),
+        Rule("probe.max_iter", **positive_int),
+        Rule("probe.every_n_epochs", **count),
+        Rule("checkpoint.pretrain_every_n_epochs", **count),
+        Rule("checkpoint.finetune_every_n_epochs", **count),
+    )
+
+
+CONFIG_RULES: tuple[Rule, ...] = _rules()
+_MISSING = object()
+
+
+def _example(rule: Rule) -> str:
+    if rule.low is None:
+        return "0"
+    value = rule.low if not rule.low_open else (rule.low + (rule.high if rule.high is not None else 1)) / 2
+    return str(int(value)) if rule.kind is int else f"{value:g}"
+
+
+def check_config(cfg: DictConfig, rules: tuple[Rule, ...] = CONFIG_RULES,
+                 select: Callable[[DictConfig, str], Any] | None = None) -> None:
+    """Raise :class:`ConfigError` for the first value of ``cfg`` outside its rule (absent keys pass)."""
+    for rule in rules:
+        value = OmegaConf.select(cfg, rule.key, default=_MISSING, throw_on_missing=False) if select is None \
+            else select(cfg, rule.key)
+        if value is _MISSING or (rule.only_if and OmegaConf.select(cfg, rule.only_if, default=None) is None):
+            continue
+        if not rule.accepts(value):
+            raise ConfigError(rule.key, f"{rule.describe()}, got {value!r}", f"e.g. {rule.key}={_example(rule)}")
