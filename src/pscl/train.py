@@ -128,6 +128,21 @@ def eval_split(cfg: DictConfig) -> str:
     return split
 
 
+def _resuming(cfg: DictConfig) -> bool:
+    """True when this run continues an interrupted one (``resume=<run folder>``)."""
+    return bool(cfg.get("resume"))
+
+
+def _resume_checkpoint(cfg: DictConfig, checkpoint_dir: Path | None) -> Path | None:
+    """The ``last.ckpt`` to continue a stage from, when resuming and one was saved."""
+    from pscl.callbacks.resume_checkpoint import LAST
+
+    if not _resuming(cfg) or checkpoint_dir is None or not (checkpoint_dir / LAST).is_file():
+        return None
+    log.info("resuming from %s", checkpoint_dir / LAST)
+    return checkpoint_dir / LAST
+
+
 def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     """Run the method's pretraining on this round's data; returns the transferable weights.
 
@@ -138,6 +153,7 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     """
     from pscl.callbacks.divergence import StopOnDivergence
     from pscl.callbacks.probe import OnlineProbe
+    from pscl.callbacks.random_state import RandomState
     from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
     from pscl.callbacks.snapshots import PretrainSnapshots
     from pscl.transfer import save_pretrained
@@ -151,7 +167,7 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     # only the progress bar of the configured callbacks applies: no predictions, own checkpoints
     every_n_epochs = int(OmegaConf.select(cfg, "checkpoint.pretrain_every_n_epochs", default=5))
     callbacks: list[Any] = [ResumeCheckpoint(stage_dir / "checkpoints", every_n_epochs),
-                            StopOnDivergence("pretraining", stage_dir / "checkpoints")]
+                            StopOnDivergence("pretraining", stage_dir / "checkpoints"), RandomState()]
     snapshots = PretrainSnapshots(epochs, stage_dir / "snapshots", {"method": cfg.method.name})
     if epochs:
         callbacks.append(snapshots)
@@ -167,7 +183,8 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     trainer = instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs), logger=loggers or False,
                           callbacks=callbacks, limit_val_batches=0, default_root_dir=str(stage_dir))
     log.info("pretraining %s for %d epochs", cfg.method.name, int(cfg.method.pretrain_epochs))
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, stage_dir / "checkpoints"),
+                weights_only=True)
     datamodule.use_pretraining(None)
     state = module.transferable_state_dict()
     if trainer.is_global_zero and not trainer.fast_dev_run:  # debug=fast_dev_run saves nothing
@@ -175,6 +192,26 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
                         {"method": cfg.method.name, "labeled_ids": list(datamodule.labeled_ids)})
     saved = [(epoch, steps, path) for epoch, (path, steps) in sorted(snapshots.saved.items())]
     return Pretraining(state, {"reused": False, "key": None, "source": str(stage_dir / "pretrained.pt")}, saved)
+
+
+def _finished_pretraining(cfg: DictConfig, output_dir: Path, epochs: list[int]) -> Pretraining | None:
+    """When resuming: the run folder's own finished pretraining (``pretrain/pretrained.pt`` and its
+    snapshots), which is never redone; None if it did not finish."""
+    from pscl.callbacks.snapshots import snapshot_path
+    from pscl.transfer import load_pretrained, read_meta
+
+    weights_file = output_dir / "pretrain" / "pretrained.pt"
+    if not _resuming(cfg) or not weights_file.is_file():
+        return None
+    snapshots = []
+    for epoch in epochs:
+        path = snapshot_path(output_dir / "pretrain" / "snapshots", epoch)
+        if not path.is_file():
+            return None
+        snapshots.append((epoch, int(read_meta(path).get("steps", -1)), path))
+    log.info("resuming: the pretraining in %s had finished; it is not redone", weights_file.parent)
+    return Pretraining(load_pretrained(weights_file), {"reused": False, "key": None, "source": str(weights_file)},
+                       snapshots)
 
 
 def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
@@ -192,6 +229,10 @@ def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pre
     config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, epochs, label_files)
     key = pretrain_cache.pretraining_key(config)
     folder = pretrain_cache.cache_folder(cfg.paths.cache_dir, cfg.method.name, key)
+    finished = _finished_pretraining(cfg, output_dir, epochs)
+    if finished is not None:
+        finished.info["key"] = key
+        return finished
     cached = pretrain_cache.lookup(folder, epochs) if cfg.get("reuse_pretraining", True) else None
     if cached is not None:
         log.info("reusing pretraining %s-%s from %s (same pretraining config and pool contents%s; "
@@ -220,9 +261,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``pretrained_ckpt`` (or from scratch for ``method=supervised``). The run folder is marked
     ``RUNNING`` meanwhile and ends with ``metrics.json`` or ``FAILED`` (:mod:`pscl.runs.state`).
     """
-    from pscl.runs import run_markers
+    from pscl.runs import METRICS, read_state, run_markers
 
     output_dir = Path(cfg.paths.output_dir)
+    state = read_state(output_dir)
+    if _resuming(cfg) and state is not None and state.state == "finished":
+        log.info("resume: %s had finished; nothing to do", output_dir)
+        print(f"pscl: {output_dir} had finished (metrics.json); nothing to resume", flush=True)
+        return json.loads((output_dir / METRICS).read_text())
     with run_markers(output_dir, enabled=rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run")):
         return _train(cfg, output_dir)
 
@@ -276,9 +322,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         floor = _random_init_probe(cfg, datamodule, split) if probing else None
         points = []
         for epoch, steps, path in pretraining.snapshots[:-1]:  # shorter pretrainings first; the final one last
-            log.info("pretraining snapshot at epoch %d (%d steps): fine-tuning from it", epoch, steps)
-            point = evaluate_weights(cfg, datamodule, load_pretrained(path), floor)
-            points.append({"epoch": epoch, "steps": steps, **point})
+            points.append(_snapshot_point(cfg, datamodule, epoch, steps, path, floor, output_dir))
         final = evaluate_weights(cfg, datamodule, pretraining.weights, floor)
         if pretraining.snapshots:
             epoch, steps, _ = pretraining.snapshots[-1]
@@ -295,6 +339,25 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         atomic_write_text(output_dir / "metrics.json", json.dumps(results, indent=2))
     _print_summary(results, output_dir, cfg)
     return results
+
+
+def _snapshot_point(cfg: DictConfig, datamodule: Any, epoch: int, steps: int, path: Path,
+                    floor: dict[str, Any] | None, output_dir: Path) -> dict[str, Any]:
+    """Fine-tune (and probe) from one pretraining snapshot in ``<run>/from_snapshot/epoch_<e>/``;
+    its result is kept there (``point.json``), so a resumed run does not redo it."""
+    from pscl.transfer import load_pretrained
+
+    folder = output_dir / "from_snapshot" / f"epoch_{int(epoch):04d}"
+    done = folder / "point.json"
+    if _resuming(cfg) and done.is_file():
+        log.info("resuming: the fine-tuning from the epoch-%d snapshot had finished", epoch)
+        return json.loads(done.read_text())
+    log.info("pretraining snapshot at epoch %d (%d steps): fine-tuning from it", epoch, steps)
+    point = {"epoch": epoch, "steps": steps,
+             **evaluate_weights(cfg, datamodule, load_pretrained(path), floor, folder / "checkpoints")}
+    if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
+        atomic_write_text(done, json.dumps(point, indent=2))
+    return point
 
 
 def _random_init_probe(cfg: DictConfig, datamodule: Any, split: str) -> dict[str, Any]:
@@ -324,7 +387,7 @@ def probe_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Ten
 
 
 def evaluate_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Tensor] | None,
-                     floor: dict[str, Any] | None) -> dict[str, Any]:
+                     floor: dict[str, Any] | None, checkpoint_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune from ``weights`` (None: from scratch) and evaluate; probe them too when ``floor`` is given.
 
     Returns ``{<split>: metrics, "history": periodic test points, "probe": ...}``; fine-tuning is
@@ -332,7 +395,7 @@ def evaluate_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.
     """
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     probe = probe_weights(cfg, datamodule, weights, floor) if floor is not None else None
-    values = finetune(cfg, datamodule, weights, probe)
+    values = finetune(cfg, datamodule, weights, probe, checkpoint_dir)
     out = {eval_split(cfg): values, "history": values.pop("history", [])}
     if probe is not None:
         out["probe"] = probe
@@ -403,13 +466,18 @@ def class_weights(cfg: DictConfig, datamodule: Any) -> list[float] | None:
 
 
 def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tensor] | None,
-             probe: dict[str, Any] | None = None) -> dict[str, Any]:
+             probe: dict[str, Any] | None = None, checkpoint_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune (or train from scratch) and evaluate the final model on ``eval.split``.
 
     Returns the final metrics plus ``history``: the periodic test points (eval.protocol=paper).
     ``probe`` (the probe of the same weights) is logged beside them in TensorBoard.
+    ``checkpoint_dir`` replaces the configured checkpoint folder (the fine-tunings from the
+    snapshots of a pretraining-length study each get their own); when resuming, fit continues
+    from its ``last.ckpt``.
     """
     from pscl.callbacks.divergence import StopOnDivergence
+    from pscl.callbacks.random_state import RandomState
+    from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
     from pscl.transfer import transfer_weights
 
     split = eval_split(cfg)
@@ -431,8 +499,12 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
                           "use eval=default when choosing a protocol on the validation split")
     periodic = _periodic_test(cfg)
     trainer = build_trainer(cfg, **extra)
-    trainer.callbacks.extend([*periodic, StopOnDivergence("fine-tuning", _finetune_checkpoint_dir(cfg))])
-    trainer.fit(model, datamodule=datamodule)
+    saver = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
+    if saver is not None and checkpoint_dir is not None:
+        saver.dirpath = Path(checkpoint_dir)
+    checkpoint_dir = saver.dirpath if saver is not None else None
+    trainer.callbacks.extend([*periodic, StopOnDivergence("fine-tuning", checkpoint_dir), RandomState()])
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, checkpoint_dir), weights_only=True)
     if trainer.world_size > 1:
         # A distributed sampler pads the test set with repeats; test once, on one device, instead.
         # The process group goes first, or the metrics would wait for ranks that have left.
@@ -448,12 +520,6 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     if model.test_results:
         _log_hparams(trainer, cfg, model.test_results, probe)
     return {**model.test_results, "history": list(model.test_history)}
-
-
-def _finetune_checkpoint_dir(cfg: DictConfig) -> Path | None:
-    """Where the configured ModelCheckpoint of fine-tuning writes (None without one)."""
-    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
-    return Path(node.dirpath) if node is not None and node.get("dirpath") else None
 
 
 def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:

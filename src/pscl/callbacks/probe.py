@@ -41,6 +41,12 @@ class OnlineProbe(pl.Callback):
         self.history.append(point)
         self._log(trainer, {"probe/dice": values["dice"], "probe/acc": values["acc"]})
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(point) for point in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(point) for point in state_dict.get("history", [])]
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return

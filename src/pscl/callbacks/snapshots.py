@@ -33,6 +33,13 @@ class PretrainSnapshots(pl.Callback):
         #: epoch -> (file, optimiser steps) of the snapshots written so far
         self.saved: dict[int, tuple[Path, int]] = {}
 
+    def state_dict(self) -> dict:
+        """The snapshots written so far, so a resumed pretraining still knows the earlier ones."""
+        return {"saved": {str(epoch): [str(path), int(steps)] for epoch, (path, steps) in self.saved.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.saved = {int(epoch): (Path(path), int(steps)) for epoch, (path, steps) in state_dict.get("saved", {}).items()}
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch not in self.epochs:

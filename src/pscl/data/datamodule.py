@@ -95,6 +95,8 @@ class MicrographDataModule(pl.LightningDataModule):
         self._masks: dict[str, np.ndarray] = {}
         self._pretrain_views: Callable[..., dict] | None = None
         self._pretrain_annotated = True
+        #: called once with the next training loader, right after it is built (pscl.callbacks.random_state)
+        self.after_train_loader: Callable[[Any], None] | None = None
 
     # ---------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -228,7 +230,7 @@ class MicrographDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         workers = int(self.hparams.num_workers)
-        if hasattr(dataset, "reseed"):
+        if shuffle and hasattr(dataset, "reseed"):  # evaluation loaders are not augmented: no draw
             # Reproducible under seed_everything, and different on every DDP rank.
             rank = self.trainer.global_rank if self.trainer is not None else 0
             dataset.reseed(int(torch.randint(0, 2**31 - 1, (1,))) + 7919 * rank)
@@ -253,8 +255,13 @@ class MicrographDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         if self._pretrain_views is not None:
-            return self.pretrain_dataloader(self._pretrain_views, self._pretrain_annotated)
-        return self._loader(self.labeled_dataset(), int(self.hparams.batch_size), shuffle=True)
+            loader = self.pretrain_dataloader(self._pretrain_views, self._pretrain_annotated)
+        else:
+            loader = self._loader(self.labeled_dataset(), int(self.hparams.batch_size), shuffle=True)
+        if self.after_train_loader is not None:  # a resumed fit restores the random states here
+            self.after_train_loader(loader)
+            self.after_train_loader = None
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()

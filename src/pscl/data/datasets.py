@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pscl.data.io import read_image
+from pscl.data.random_state import generator_states, set_generator_states
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -38,6 +40,13 @@ class LabeledDataset(Dataset):
         """Albumentations keeps its own random state, blind to global seeds: set it explicitly."""
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(int(seed) % 2**32)
+
+    def random_state(self) -> Any:
+        """The augmentation's generator states (a resumed run sets them back)."""
+        return generator_states(self.transform)
+
+    def set_random_state(self, state: Any) -> None:
+        set_generator_states(self.transform, state)
 
     def __getitem__(self, index: int) -> dict:
         j = index % len(self.images)
@@ -84,6 +93,16 @@ class ViewsDataset(Dataset):
     def reseed(self, seed: int) -> None:
         if hasattr(self.views, "reseed"):
             self.views.reseed(int(seed) % 2**32)
+
+    def random_state(self) -> Any:
+        """The views' generator states (a resumed run sets them back)."""
+        return self.views.random_state() if hasattr(self.views, "random_state") else generator_states(self.views)
+
+    def set_random_state(self, state: Any) -> None:
+        if hasattr(self.views, "set_random_state"):
+            self.views.set_random_state(state)
+        else:
+            set_generator_states(self.views, state)
 
     def __getitem__(self, index: int) -> dict:
         key = self.ids[index]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,19 @@ class TwoAugmentedViews:
         self.seed = int(seed)
         for size, transform in self._transforms.items():
             transform.set_random_seed((self.seed + size) % 2**32)
+
+    def random_state(self) -> dict[str, Any]:
+        """The seed and, per view size, the augmentation's generator states (created lazily)."""
+        from pscl.data.random_state import generator_states
+
+        return {"seed": self.seed, "sizes": {str(size): generator_states(t) for size, t in self._transforms.items()}}
+
+    def set_random_state(self, state: dict[str, Any]) -> None:
+        from pscl.data.random_state import set_generator_states
+
+        self.seed = state["seed"]
+        for size, states in state["sizes"].items():
+            set_generator_states(self._transform(int(size)), states)
 
     def _transform(self, size: int) -> A.Compose:
         if size not in self._transforms:

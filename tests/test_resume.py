@@ -1,0 +1,102 @@
+"""Resume: a run interrupted mid-stage and resumed ends with the metrics of an uninterrupted run.
+
+In-process: the interruption is an exception raised at the start of an epoch (after a
+checkpoint), and ``resume`` continues the same folder. tests/test_slow.py kills real processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config
+from pscl.runs import read_state
+from pscl.train import train
+
+TINY_SYNTH = ["data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=64",
+              "data.unlabeled_batch_size=3", "backbone=unet_small", "backbone.widths=[8,16,32,64]", "logger=csv",
+              "data.samples_per_epoch=4", "data.batch_size=2", "trainer.deterministic=true",
+              "checkpoint.pretrain_every_n_epochs=1", "checkpoint.finetune_every_n_epochs=1",
+              "method.pretrain_epochs=4", "trainer.max_epochs=4"]
+
+
+class Interrupted(RuntimeError):
+    """Stands in for a kill."""
+
+
+def comparable(metrics: dict) -> dict:
+    """What must not change with an interruption: the reported metrics (no timings, no paths)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("seconds", "wall_time_s")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    keys = ("test", "probe", "snapshots", "test_history", "labeled_ids", "transferred_keys")
+    return strip({k: metrics[k] for k in keys if k in metrics})
+
+
+def interrupt_at_epoch(module_class: type, epoch: int, monkeypatch) -> None:
+    """``module_class`` raises :class:`Interrupted` at the first step of ``epoch``, once."""
+    original = module_class.training_step
+    fired = []
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == epoch and not fired:
+            fired.append(True)
+            raise Interrupted(f"simulated kill at epoch {epoch}")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_class, "training_step", training_step)
+
+
+def _module(stage: str, method: str) -> type:
+    import hydra
+
+    if stage == "finetune":
+        from pscl.modules.segmentation import SegmentationModule
+
+        return SegmentationModule
+    cfg = compose_config([f"method={method}"], Path("/tmp/unused"))
+    return hydra.utils.get_class(cfg.method.pretrain._target_)
+
+
+@pytest.mark.parametrize(("method", "stage", "extra"), [
+    ("pscl_simclr", "pretrain", []),
+    ("simclr", "finetune", []),
+    ("pscl_moco", "pretrain", ["snapshot_epochs=[1,2]", "eval.probe=true"]),
+])
+def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path: Path, monkeypatch, method: str, stage: str,
+                                                        extra: list[str]) -> None:
+    overrides = [*TINY_SYNTH, f"method={method}", *extra]
+    expected = train(compose_config(overrides, tmp_path / "whole" / "run"))
+
+    folder = tmp_path / "interrupted" / "run"
+    with monkeypatch.context() as patch:
+        interrupt_at_epoch(_module(stage, method), 2, patch)
+        with pytest.raises(Interrupted):
+            train(compose_config(overrides, folder))
+    assert read_state(folder).state == "failed"
+    checkpoints = folder / ("pretrain/checkpoints" if stage == "pretrain" else "checkpoints")
+    assert (checkpoints / "last.ckpt").is_file()
+    resumed = train(compose_config([*overrides, f"resume={folder}"], folder))
+    assert comparable(resumed) == comparable(expected)
+    assert comparable(json.loads((folder / "metrics.json").read_text())) == comparable(expected)
+    assert read_state(folder).state == "finished"
+
+
+def test_resuming_a_finished_run_does_nothing(tmp_path: Path, monkeypatch) -> None:
+    overrides = [*TINY_SYNTH, "method=supervised", "trainer.max_epochs=1"]
+    folder = tmp_path / "run"
+    first = train(compose_config(overrides, folder))
+    before = (folder / "metrics.json").read_text()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr("pscl.train._train", refuse)
+    again = train(compose_config([*overrides, f"resume={folder}"], folder))
+    assert again["test"] == first["test"] and (folder / "metrics.json").read_text() == before
