@@ -100,3 +100,30 @@ def test_resuming_a_finished_run_does_nothing(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr("pscl.train._train", refuse)
     again = train(compose_config([*overrides, f"resume={folder}"], folder))
     assert again["test"] == first["test"] and (folder / "metrics.json").read_text() == before
+
+
+def test_resume_argv_rebuilds_the_command(tmp_path: Path) -> None:
+    from pscl.errors import DataError
+    from pscl.runs.resume import resume_argv
+
+    assert resume_argv(["method=simclr"]) is None
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(
+        f"- method=simclr\n- data.label_seed=2\n- resume={run}\n- hydra.run.dir={run}\n")
+    assert resume_argv([f"resume={run}"]) == ["method=simclr", "data.label_seed=2", f"resume={run}",
+                                               f"hydra.run.dir={run}"]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    hydra:\n    - hydra.mode=MULTIRUN\n    task:\n    - experiment=table_quick\n"
+        "    - data.label_seed=0,1\n")
+    assert resume_argv(["-m", f"resume={sweep}"]) == ["-m", "experiment=table_quick", "data.label_seed=0,1",
+                                                       "hydra.mode=MULTIRUN", f"resume={sweep}",
+                                                       f"hydra.sweep.dir={sweep}"]
+    with pytest.raises(DataError, match="other arguments were given: method=moco"):
+        resume_argv([f"resume={run}", "method=moco"])
+    with pytest.raises(DataError, match="no such run folder"):
+        resume_argv([f"resume={tmp_path / 'absent'}"])
+    with pytest.raises(DataError, match="neither a run folder"):
+        resume_argv([f"resume={tmp_path}"])

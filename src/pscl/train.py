@@ -619,11 +619,16 @@ def run_cli() -> int:
     message and exits 1 before the task starts: those are user errors, so they return 2.
     """
     from pscl.checks.folders import check_log_folder
+    from pscl.runs.resume import resume_argv
 
     global _task_started
     _task_started = False
     _failed_runs.clear()
     try:
+        resumed = resume_argv(sys.argv[1:])
+        if resumed is not None:
+            sys.argv = [sys.argv[0], *resumed]
+            print(f"pscl-train: resuming with: {' '.join(resumed)}", file=sys.stderr, flush=True)
         check_log_folder(sys.argv[1:])
     except PsclError as exc:
         print(f"pscl-train: error: {exc}", file=sys.stderr, flush=True)
