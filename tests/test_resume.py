@@ -127,3 +127,22 @@ def test_resume_argv_rebuilds_the_command(tmp_path: Path) -> None:
         resume_argv([f"resume={tmp_path / 'absent'}"])
     with pytest.raises(DataError, match="neither a run folder"):
         resume_argv([f"resume={tmp_path}"])
+
+
+def test_which_checkpoint_a_resumed_stage_continues_from(tmp_path: Path, monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from pscl.train import _resume_checkpoint
+
+    checkpoints = tmp_path / "pretrain" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    fresh, resumed = OmegaConf.create({"resume": None}), OmegaConf.create({"resume": str(tmp_path)})
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert _resume_checkpoint(resumed, checkpoints) is None  # nothing saved yet: start the stage
+    (checkpoints / "last.ckpt").write_bytes(b"")
+    assert _resume_checkpoint(fresh, checkpoints) is None
+    assert _resume_checkpoint(resumed, checkpoints) == checkpoints / "last.ckpt"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job resumes by itself
+    assert _resume_checkpoint(fresh, checkpoints) == checkpoints / "last.ckpt"
+    (tmp_path / "pretrain" / "hpc_ckpt_1.ckpt").write_bytes(b"")  # Lightning's, newer: it loads that one
+    assert _resume_checkpoint(fresh, checkpoints) is None

@@ -129,15 +129,25 @@ def eval_split(cfg: DictConfig) -> str:
 
 
 def _resuming(cfg: DictConfig) -> bool:
-    """True when this run continues an interrupted one (``resume=<run folder>``)."""
-    return bool(cfg.get("resume"))
+    """True when this run continues an interrupted one: ``resume=<run folder>``, or a SLURM job
+    that was requeued (``SLURM_RESTART_COUNT`` >= 1) into the folder it ran in."""
+    return bool(cfg.get("resume")) or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
 
 def _resume_checkpoint(cfg: DictConfig, checkpoint_dir: Path | None) -> Path | None:
-    """The ``last.ckpt`` to continue a stage from, when resuming and one was saved."""
+    """The ``last.ckpt`` to continue a stage from, when resuming and one was saved.
+
+    None if Lightning's SLURM plugin left an ``hpc_ckpt_*.ckpt`` (saved on the requeue signal,
+    newer than ``last.ckpt``) beside the checkpoint folder: Lightning resumes from that itself.
+    """
     from pscl.callbacks.resume_checkpoint import LAST
 
-    if not _resuming(cfg) or checkpoint_dir is None or not (checkpoint_dir / LAST).is_file():
+    if not _resuming(cfg) or checkpoint_dir is None:
+        return None
+    if list(checkpoint_dir.parent.glob("hpc_ckpt_*.ckpt")):
+        log.info("resuming from Lightning's SLURM checkpoint in %s", checkpoint_dir.parent)
+        return None
+    if not (checkpoint_dir / LAST).is_file():
         return None
     log.info("resuming from %s", checkpoint_dir / LAST)
     return checkpoint_dir / LAST

@@ -1,4 +1,4 @@
-"""A run folder's life: its state markers (and, later, resuming it)."""
+"""A run folder's life: its state markers, and resuming it (``pscl.runs.resume``)."""
 
 from pscl.runs.state import FAILED, METRICS, RUNNING, RunState, read_state, run_markers
 
