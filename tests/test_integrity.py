@@ -196,3 +196,28 @@ def test_pool_key_follows_content_not_size(tmp_path: Path) -> None:
     after = pretrain_cache.content_hashes(pool)
     assert before[1] == after[1] and before[0] != after[0]
     assert [name for name, _ in after] == ["a.tif", "b.tif"]
+
+
+def test_an_image_edited_in_place_changes_the_pretraining_key(make_folder, tmp_path: Path) -> None:
+    """Same name, same size, different bytes: a different key, so the pretraining runs again."""
+    from conftest import compose_config
+    from pscl.data.datamodule import MicrographDataModule
+
+    root = make_folder(n=6, suffix=".tif")
+
+    def key() -> str:
+        cfg = compose_config(["method=simclr", "data=folder", f"data.root={root}", "data.crop_size=32"],
+                             tmp_path / "run")
+        datamodule = MicrographDataModule(root=root, cache_dir=tmp_path / "cache", crop_size=32)
+        datamodule.setup("fit")
+        return pretrain_cache.pretraining_key(pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool()))
+
+    before = key()
+    assert key() == before
+    image = root / "images" / "img00.tif"
+    size = image.stat().st_size
+    blob = bytearray(image.read_bytes())
+    blob[-1] ^= 0x01  # one grey level of one pixel (uncompressed TIFF)
+    image.write_bytes(bytes(blob))
+    assert image.stat().st_size == size
+    assert key() != before
