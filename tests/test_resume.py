@@ -84,6 +84,9 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path: Path, monkeypa
     assert (checkpoints / "last.ckpt").is_file()
     resumed = train(compose_config([*overrides, f"resume={folder}"], folder))
     assert comparable(resumed) == comparable(expected)
+    # the interrupted part's CSV log is kept, not overwritten by the resumed part's
+    logs = (folder / "pretrain" if stage == "pretrain" else folder) / "csv"
+    assert (logs / "metrics.before_resume_1.csv").is_file() and (logs / "metrics.csv").is_file()
     assert comparable(json.loads((folder / "metrics.json").read_text())) == comparable(expected)
     assert read_state(folder).state == "finished"
 

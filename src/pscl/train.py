@@ -153,6 +153,15 @@ def _resume_checkpoint(cfg: DictConfig, checkpoint_dir: Path | None) -> Path | N
     return checkpoint_dir / LAST
 
 
+def _keep_earlier_logs(log_root: Path) -> None:
+    """Before a resumed stage logs again: Lightning's CSV logger would overwrite ``csv/metrics.csv``,
+    so the interrupted part is kept as ``csv/metrics.before_resume_<n>.csv`` (TensorBoard appends)."""
+    metrics = log_root / "csv" / "metrics.csv"
+    if metrics.is_file():
+        parts = len(list(metrics.parent.glob("metrics.before_resume_*.csv")))
+        os.replace(metrics, metrics.parent / f"metrics.before_resume_{parts + 1}.csv")
+
+
 def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     """Run the method's pretraining on this round's data; returns the transferable weights.
 
@@ -189,12 +198,14 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     progress_bar = (cfg.get("callbacks") or {}).get("progress_bar")
     if progress_bar is not None:
         callbacks.append(instantiate(progress_bar))
+    resume_from = _resume_checkpoint(cfg, stage_dir / "checkpoints")
+    if resume_from is not None:
+        _keep_earlier_logs(stage_dir)
     loggers = _instantiate_dict(cfg.get("logger"), save_dir=str(stage_dir))
     trainer = instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs), logger=loggers or False,
                           callbacks=callbacks, limit_val_batches=0, default_root_dir=str(stage_dir))
     log.info("pretraining %s for %d epochs", cfg.method.name, int(cfg.method.pretrain_epochs))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, stage_dir / "checkpoints"),
-                weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     datamodule.use_pretraining(None)
     state = module.transferable_state_dict()
     if trainer.is_global_zero and not trainer.fast_dev_run:  # debug=fast_dev_run saves nothing
@@ -508,13 +519,20 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
         raise ConfigError("eval.protocol", "paper tests periodically on the test set, which eval.split=val never opens",
                           "use eval=default when choosing a protocol on the validation split")
     periodic = _periodic_test(cfg)
-    trainer = build_trainer(cfg, **extra)
+    if checkpoint_dir is None:
+        configured = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+        checkpoint_dir = Path(configured) if configured else Path(cfg.paths.output_dir) / "checkpoints"
+    checkpoint_dir = Path(checkpoint_dir)
+    resume_from = _resume_checkpoint(cfg, checkpoint_dir)
+    if resume_from is not None:
+        _keep_earlier_logs(Path(cfg.paths.output_dir))
+    # Lightning's own files (a SLURM requeue checkpoint) go beside this fine-tuning's checkpoints
+    trainer = build_trainer(cfg, default_root_dir=str(checkpoint_dir.parent), **extra)
     saver = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
-    if saver is not None and checkpoint_dir is not None:
-        saver.dirpath = Path(checkpoint_dir)
-    checkpoint_dir = saver.dirpath if saver is not None else None
+    if saver is not None:
+        saver.dirpath = checkpoint_dir
     trainer.callbacks.extend([*periodic, StopOnDivergence("fine-tuning", checkpoint_dir), RandomState()])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, checkpoint_dir), weights_only=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.world_size > 1:
         # A distributed sampler pads the test set with repeats; test once, on one device, instead.
         # The process group goes first, or the metrics would wait for ranks that have left.
