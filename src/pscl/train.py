@@ -218,18 +218,15 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
 def _finished_pretraining(cfg: DictConfig, output_dir: Path, epochs: list[int]) -> Pretraining | None:
     """When resuming: the run folder's own finished pretraining (``pretrain/pretrained.pt`` and its
     snapshots), which is never redone; None if it did not finish."""
-    from pscl.callbacks.snapshots import snapshot_path
-    from pscl.transfer import load_pretrained, read_meta
+    from pscl.pretrain_cache import cached_snapshots
+    from pscl.transfer import load_pretrained
 
     weights_file = output_dir / "pretrain" / "pretrained.pt"
     if not _resuming(cfg) or not weights_file.is_file():
         return None
-    snapshots = []
-    for epoch in epochs:
-        path = snapshot_path(output_dir / "pretrain" / "snapshots", epoch)
-        if not path.is_file():
-            return None
-        snapshots.append((epoch, int(read_meta(path).get("steps", -1)), path))
+    snapshots = cached_snapshots(weights_file.parent, epochs)  # the run folder has the cache entry's layout
+    if snapshots is None:
+        return None
     log.info("resuming: the pretraining in %s had finished; it is not redone", weights_file.parent)
     return Pretraining(load_pretrained(weights_file), {"reused": False, "key": None, "source": str(weights_file)},
                        snapshots)
@@ -285,8 +282,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from pscl.runs import METRICS, read_state, run_markers
 
     output_dir = Path(cfg.paths.output_dir)
-    state = read_state(output_dir)
-    if _resuming(cfg) and state is not None and state.state == "finished":
+    state = read_state(output_dir) if _resuming(cfg) else None
+    if state is not None and state.state == "finished":
         log.info("resume: %s had finished; nothing to do", output_dir)
         print(f"pscl: {output_dir} had finished (metrics.json); nothing to resume", flush=True)
         return json.loads((output_dir / METRICS).read_text())

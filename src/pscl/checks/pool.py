@@ -54,7 +54,7 @@ def check_pool(paths: Sequence[Path], in_channels: int, crop_size: int | None, c
     """
     paths = sorted(Path(p) for p in paths)
     started = time.perf_counter()
-    hashes = [content_hashes([p])[0][1] for p in paths]  # memoised per process
+    hashes = [digest for _, digest in content_hashes(paths)]  # in the order of ``paths``; memoised per process
     key = hashlib.sha256(json.dumps([sorted(hashes), int(in_channels)]).encode()).hexdigest()[:16]
     record = Path(cache_dir).expanduser() / "checked" / f"pool-{key}.json" if cache_dir is not None else None
     by_hash = _remembered(record)
