@@ -341,7 +341,9 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         points = []
         for epoch, steps, path in pretraining.snapshots[:-1]:  # shorter pretrainings first; the final one last
             points.append(_snapshot_point(cfg, datamodule, epoch, steps, path, floor, output_dir))
-        final = evaluate_weights(cfg, datamodule, pretraining.weights, floor)
+        from pscl.predict.model import MODEL_FILE
+
+        final = evaluate_weights(cfg, datamodule, pretraining.weights, floor, model_file=output_dir / MODEL_FILE)
         if pretraining.snapshots:
             epoch, steps, _ = pretraining.snapshots[-1]
             points.append({"epoch": epoch, "steps": steps, **final})
@@ -405,15 +407,17 @@ def probe_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Ten
 
 
 def evaluate_weights(cfg: DictConfig, datamodule: Any, weights: dict[str, torch.Tensor] | None,
-                     floor: dict[str, Any] | None, checkpoint_dir: Path | None = None) -> dict[str, Any]:
+                     floor: dict[str, Any] | None, checkpoint_dir: Path | None = None,
+                     model_file: Path | None = None) -> dict[str, Any]:
     """Fine-tune from ``weights`` (None: from scratch) and evaluate; probe them too when ``floor`` is given.
 
     Returns ``{<split>: metrics, "history": periodic test points, "probe": ...}``; fine-tuning is
-    reseeded so that it draws the same random numbers whatever ran before.
+    reseeded so that it draws the same random numbers whatever ran before. ``model_file``: where
+    the fine-tuned model is saved for ``pscl-predict`` (:mod:`pscl.predict.model`).
     """
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     probe = probe_weights(cfg, datamodule, weights, floor) if floor is not None else None
-    values = finetune(cfg, datamodule, weights, probe, checkpoint_dir)
+    values = finetune(cfg, datamodule, weights, probe, checkpoint_dir, model_file)
     out = {eval_split(cfg): values, "history": values.pop("history", [])}
     if probe is not None:
         out["probe"] = probe
@@ -484,14 +488,15 @@ def class_weights(cfg: DictConfig, datamodule: Any) -> list[float] | None:
 
 
 def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tensor] | None,
-             probe: dict[str, Any] | None = None, checkpoint_dir: Path | None = None) -> dict[str, Any]:
+             probe: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
+             model_file: Path | None = None) -> dict[str, Any]:
     """Fine-tune (or train from scratch) and evaluate the final model on ``eval.split``.
 
     Returns the final metrics plus ``history``: the periodic test points (eval.protocol=paper).
     ``probe`` (the probe of the same weights) is logged beside them in TensorBoard.
     ``checkpoint_dir`` replaces the configured checkpoint folder (the fine-tunings from the
     snapshots of a pretraining-length study each get their own); when resuming, fit continues
-    from its ``last.ckpt``.
+    from its ``last.ckpt``. ``model_file``: where the fine-tuned model is saved (rank 0).
     """
     from pscl.callbacks.divergence import StopOnDivergence
     from pscl.callbacks.random_state import RandomState
@@ -530,6 +535,8 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
         saver.dirpath = checkpoint_dir
     trainer.callbacks.extend([*periodic, StopOnDivergence("fine-tuning", checkpoint_dir), RandomState()])
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if model_file is not None and trainer.is_global_zero and not trainer.fast_dev_run:
+        save_run_model(cfg, datamodule, model.backbone, model_file)
     if trainer.world_size > 1:
         # A distributed sampler pads the test set with repeats; test once, on one device, instead.
         # The process group goes first, or the metrics would wait for ranks that have left.
@@ -545,6 +552,24 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     if model.test_results:
         _log_hparams(trainer, cfg, model.test_results, probe)
     return {**model.test_results, "history": list(model.test_history)}
+
+
+def save_run_model(cfg: DictConfig, datamodule: Any, backbone: Any, path: Path) -> Path:
+    """``model.pt``: the fine-tuned backbone with its normalisation, classes, method and config."""
+    from pscl.predict.model import save_model
+
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation that only resolves inside a Hydra job
+        config = OmegaConf.to_container(cfg, resolve=False)
+    return save_model(path, backbone, OmegaConf.to_container(cfg.backbone, resolve=True), datamodule.class_names,
+                      datamodule.mean, datamodule.std, str(cfg.method.name), config)
+
+
+def predict_command(output_dir: Path, data_root: str | None) -> str:
+    """The ``pscl-predict`` command that applies this run's model to a folder of micrographs."""
+    images = Path(data_root) / "images" if data_root and (Path(data_root) / "images").is_dir() else "<micrographs>"
+    return f"pscl-predict {output_dir} {images} --out {output_dir / 'predict'}"
 
 
 def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:
@@ -575,6 +600,8 @@ def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -
         lines.append(f"  predictions: {cfg.callbacks.predictions.dirpath}")
     if "tensorboard" in (cfg.get("logger") or {}):
         lines.append(f"  TensorBoard: tensorboard --logdir {output_dir}")
+    if (output_dir / "model.pt").is_file():
+        lines.append(f"  apply it to new micrographs: {predict_command(output_dir, results.get('data_root'))}")
     lines.append(f"  run folder: {output_dir}   ({results['wall_time_s']} s)")
     print("\n".join(lines), flush=True)
 
