@@ -202,7 +202,6 @@ def test_csv_round_trip(tmp_path):
             assert text["aspect_ratio"] == ""
         else:
             assert float(text["aspect_ratio"]) == pytest.approx(row["aspect_ratio"], rel=1e-5)
-    assert (tmp_path / "particles.txt").read_text() == "pixel size unknown\n"
     assert not (tmp_path / "particles.csv").read_text().startswith("#")
     write_csv(tmp_path / "phases.csv", [{"image": "i", "class": "gamma", "area_fraction": 1 / 3, "area_px": 7,
                                          "area_um2": None}], PHASE_COLUMNS)

@@ -59,10 +59,13 @@ def particle_rows(image: str, mask: np.ndarray, class_names: Sequence[str], pixe
         if not 0 <= c < len(class_names):
             raise ValueError(f"{image}: class {c} is not one of 0..{len(class_names) - 1}")
         labels = label(mask == c, connectivity=connectivity)
+        if min_area_px > 1:  # specks are dropped before measuring: regionprops costs ~1 ms per component
+            small = np.bincount(labels.ravel()) < min_area_px
+            small[0] = False
+            labels[small[labels]] = 0
         if not labels.any():
             continue
         props = regionprops_table(labels, properties=_PROPERTIES)
-        kept = np.flatnonzero(props["area"] >= min_area_px)
-        rows.extend(_row(image, class_names[c], n, props, i, mask.shape, pixel_size_um)
-                    for n, i in enumerate(kept, start=1))
+        rows.extend(_row(image, class_names[c], i + 1, props, i, mask.shape, pixel_size_um)
+                    for i in range(len(props["area"])))
     return rows
