@@ -99,6 +99,22 @@ def test_atomic_writes_leave_the_old_file_on_failure(tmp_path: Path) -> None:
     assert target.read_text() == "new"
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from pscl.integrity import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "shared.csv", "a,b\n")
+        (tmp_path / "plain.csv").write_text("a,b\n")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "shared.csv").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.csv").stat().st_mode) == 0o644
+
+
 def test_file_lock_is_exclusive(tmp_path: Path) -> None:
     import fcntl
 

@@ -14,6 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def _default_mode() -> int:
+    """The permissions a plain ``open(..., "w")`` would give: 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _replace_with(target: Path, write: Callable[[Path], object]) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +28,7 @@ def _replace_with(target: Path, write: Callable[[Path], object]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; outputs are shared like any other
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

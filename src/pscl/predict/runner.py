@@ -78,7 +78,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 def _write_image_outputs(out: Path, image_id: str, grey: np.ndarray, classes: np.ndarray,
                          probabilities: torch.Tensor | None) -> None:
-    from pscl.callbacks.predictions import colour_overlay
+    from pscl.quantify.colours import colour_overlay
 
     atomic_write_bytes(out / "masks" / f"{image_id}.png", _png_bytes(classes))
     atomic_write_bytes(out / "overlays" / f"{image_id}.png", _png_bytes(colour_overlay(grey, classes)))

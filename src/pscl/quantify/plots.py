@@ -14,7 +14,7 @@ from pscl.integrity.files import atomic_write_bytes
 
 def _colour(k: int) -> Any:
     """The class colour of the prediction overlays (the matrix, black there, in grey here)."""
-    from pscl.callbacks.predictions import PALETTE
+    from pscl.quantify.colours import PALETTE
 
     return (0.6, 0.6, 0.6) if k == 0 else tuple(PALETTE[k % len(PALETTE)] / 255.0)
 

@@ -361,7 +361,7 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
     """image | ground truth | one prediction per method (each method's first round of the smallest regime)."""
     import numpy as np
 
-    from pscl.callbacks.predictions import PALETTE
+    from pscl.quantify.colours import PALETTE
     from pscl.data.io import read_image
 
     done = _with_predictions(runs)

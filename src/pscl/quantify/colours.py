@@ -1,0 +1,19 @@
+"""Class colours shared by overlays, galleries and plots (no heavy imports: numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Colours for classes 1.. (class 0, the matrix, is left uncoloured in overlays).
+PALETTE = np.array(
+    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180],
+     [70, 240, 240], [245, 130, 48], [240, 50, 230], [128, 128, 0]], dtype=np.uint8)
+
+
+def colour_overlay(grey: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """(H, W) grey image in [0, 1] and (H, W) class indices -> (H, W, 3) uint8 overlay."""
+    base = np.repeat((np.clip(grey, 0, 1) * 255).astype(np.float32)[..., None], 3, axis=-1)
+    colours = PALETTE[np.asarray(classes) % len(PALETTE)].astype(np.float32)
+    painted = (classes > 0)[..., None]
+    out = np.where(painted, (1 - alpha) * base + alpha * colours, base)
+    return out.round().astype(np.uint8)
