@@ -133,3 +133,14 @@ def test_tta_of_an_orientation_dependent_network_averages_the_views() -> None:
                 views.append(probs.flip(-1) if flip else probs)
     assert torch.allclose(tta, torch.stack(views).mean(0)[0], atol=1e-5)
     assert not torch.allclose(tta, views[0][0], atol=1e-3)  # the views differ: the average is not one of them
+
+
+def test_blend_weights_peak_at_the_centre_and_never_vanish() -> None:
+    from pscl.predict.tiling import blend_weights
+
+    weights = blend_weights(40, 64, "gaussian")
+    assert weights.shape == (40, 64) and float(weights.max()) == pytest.approx(1.0, abs=1e-3)
+    assert float(weights.min()) >= 1e-3
+    assert torch.allclose(weights, weights.flip(0)) and torch.allclose(weights, weights.flip(1))
+    assert weights[20, 32] > weights[20, 50] > weights[20, 63]
+    assert torch.equal(blend_weights(8, 8, "constant"), torch.ones(8, 8))

@@ -2,7 +2,7 @@
 
 * :mod:`pscl.predict.model` - ``model.pt``, the fine-tuned network with its normalisation,
   channels, class names, method and config; loads run folders, model files and checkpoints;
-* :mod:`pscl.predict.tiling` - sliding-window inference of any image size (MONAI), with TTA;
+* :mod:`pscl.predict.tiling` - sliding-window inference of any image size (Gaussian blending), with TTA;
 * :mod:`pscl.predict.inputs` - image lists, ``meta.csv``, the output folder;
 * :mod:`pscl.predict.runner` - the batch: masks, overlays and the :mod:`pscl.quantify` tables;
 * :mod:`pscl.predict.cli` and :mod:`pscl.predict.export` - the two commands.

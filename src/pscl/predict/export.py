@@ -58,8 +58,8 @@ def contract(model: TrainedModel) -> dict[str, Any]:
     return {
         "format": CONTRACT_FORMAT,
         "input": {
-            "shape": f"(B, {model.in_channels}, H, W), float32, H and W >= 8 (any size; 512-1024 px tiles "
-                     "for large images)",
+            "shape": f"(B, {model.in_channels}, H, W), float32, H and W >= 8 (any size; memory grows with H x W, "
+                     "so cut large images into overlapping tiles of about 512 px)",
             "scaling": "8-bit files divided by 255, 16-bit files by 65535 (values in [0, 1]); " + grey,
             "normalisation": "applied inside the model: (x - mean) / std per channel",
             "mean": list(model.mean),

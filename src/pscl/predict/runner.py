@@ -110,6 +110,7 @@ def predict_images(model: TrainedModel, images: list[Path], out: Path, settings:
                 log.info("%s: %d x %d px in %d windows", image_id, width, height, windows)
             classes_t, probabilities = segment(network, tensor, settings.tiles, settings.device,
                                                keep_probabilities=settings.save_probabilities)
+            del tensor  # large images: only the classes and the grey image are kept from here
             classes = classes_t.numpy()
             _write_image_outputs(out, image_id, grey, classes, probabilities)
         except DataError as exc:

@@ -11,9 +11,14 @@ PALETTE = np.array(
 
 
 def colour_overlay(grey: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """(H, W) grey image in [0, 1] and (H, W) class indices -> (H, W, 3) uint8 overlay."""
-    base = np.repeat((np.clip(grey, 0, 1) * 255).astype(np.float32)[..., None], 3, axis=-1)
-    colours = PALETTE[np.asarray(classes) % len(PALETTE)].astype(np.float32)
-    painted = (classes > 0)[..., None]
-    out = np.where(painted, (1 - alpha) * base + alpha * colours, base)
-    return out.round().astype(np.uint8)
+    """(H, W) grey image in [0, 1] and (H, W) class indices -> (H, W, 3) uint8 overlay.
+
+    Painted pixels are ``(1 - alpha) * grey + alpha * colour``; the blend is computed for the
+    painted pixels only, so a large image costs little more than its uint8 result.
+    """
+    base = np.clip(grey, 0, 1).astype(np.float32) * np.float32(255)
+    out = np.repeat(base.round().astype(np.uint8)[..., None], 3, axis=-1)
+    painted = np.asarray(classes) > 0
+    colours = PALETTE[np.asarray(classes)[painted] % len(PALETTE)].astype(np.float32)
+    out[painted] = ((1 - alpha) * base[painted][:, None] + alpha * colours).round().astype(np.uint8)
+    return out
