@@ -9,6 +9,8 @@ Each (configuration, variant, mode) runs in its own process so that peak RSS is 
 
 Usage: ``python benchmarks/pretrain_step.py [--configs paper,quick] [--steps 3] [--json out.json]``
 (``make bench`` writes ``benchmarks/results.json`` and the table in ``docs/performance.md``).
+On a GPU: ``--device cuda --precision fp32,bf16`` times CUDA-synchronised steps in fp32 and in
+bf16 autocast and reports the peak GPU memory (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -54,8 +56,21 @@ def _batch(module, size: int, unlabeled: int, seed: int = 0) -> dict:
     return {"labeled": default_collate([labeled]), "unlabeled": default_collate(items)}
 
 
-def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
-    """Time ``steps`` steps after one warm-up step in this process; report seconds and peak RSS."""
+def _to(value, device):
+    """``value`` (tensors in nested dicts and lists) on ``device``."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu", precision: str = "fp32") -> dict:
+    """Time ``steps`` steps after one warm-up step in this process; report seconds and peak memory."""
     import torch
 
     from pscl.models.unet import UNet
@@ -70,7 +85,8 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
     module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant,
                         top_k=TOP_K[variant], gather_distributed=False, **module_options)
     module.log_losses = lambda values, batch_size: None
-    batch = _batch(module, spec["size"], spec["unlabeled"])
+    batch = _to(_batch(module, spec["size"], spec["unlabeled"]), device)
+    module.to(device)
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
 
     def pscl_step() -> None:
@@ -96,20 +112,32 @@ def run_one(config: str, variant: str, mode: str, steps: int) -> dict:
         optimizer.step()
 
     step = pscl_step if mode == "pscl" else bare_step
-    if os.environ.get("PSCL_BENCH_BF16"):
+    if precision == "bf16" or os.environ.get("PSCL_BENCH_BF16"):
         inner = step
 
         def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
                 inner()
-    step()  # warm-up: allocator, first-touch pages
+    cuda = torch.device(device).type == "cuda"
+
+    def synchronise() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    step()  # warm-up: allocator, first-touch pages, CUDA kernels chosen
+    synchronise()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
+        synchronise()
         times.append(time.perf_counter() - start)
+    gpu = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": torch.cuda.get_device_name()} if cuda else {}
     return {
-        "config": config, "variant": variant, "mode": mode, "steps": steps,
+        "config": config, "variant": variant, "mode": mode, "steps": steps, "device": device,
+        "precision": precision, **gpu,
         "seconds_per_step": sum(times) / len(times), "min_seconds": min(times),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
@@ -127,25 +155,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allocator", choices=("mimalloc", "glibc-tuned", "glibc"),
                         default=os.environ.get("PSCL_ALLOCATOR", "mimalloc"),
                         help="memory allocator of the timed processes (pscl.perf; default: as pscl-train)")
-    parser.add_argument("--one", nargs=3, metavar=("CONFIG", "VARIANT", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 (autocast) or both: fp32,bf16")
+    parser.add_argument("--one", nargs=4, metavar=("CONFIG", "VARIANT", "MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ["PSCL_ALLOCATOR"] = args.allocator
     if args.one:
         from pscl.perf import configure_allocator
 
         os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = configure_allocator()  # may re-execute with mimalloc
-        print(json.dumps(run_one(*args.one, steps=args.steps)))
+        config, variant, mode, precision = args.one
+        print(json.dumps(run_one(config, variant, mode, steps=args.steps, device=args.device, precision=precision)))
         return 0
     rows = []
     for config in args.configs.split(","):
         for variant in args.variants.split(","):
-            for mode in ("bare", "pscl"):
-                proc = subprocess.run([sys.executable, __file__, "--one", config, variant, mode, "--steps", str(args.steps),
-                                       "--allocator", args.allocator], capture_output=True, text=True, check=True)
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(f"{config:6s} {variant:7s} {mode:5s} {row['seconds_per_step']:8.2f} s/step "
-                      f"(min {row['min_seconds']:.2f})  peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
+            for precision in args.precision.split(","):
+                for mode in ("bare", "pscl"):
+                    proc = subprocess.run([sys.executable, __file__, "--one", config, variant, mode, precision,
+                                           "--steps", str(args.steps), "--allocator", args.allocator,
+                                           "--device", args.device], capture_output=True, text=True, check=True)
+                    row = json.loads(proc.stdout.strip().splitlines()[-1])
+                    rows.append(row)
+                    gpu = f"  peak GPU {row['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in row else ""
+                    print(f"{config:6s} {variant:7s} {precision:4s} {mode:5s} {row['seconds_per_step']:8.3f} s/step "
+                          f"(min {row['min_seconds']:.3f})  peak RSS {row['peak_rss_gib']:.2f} GiB{gpu}", flush=True)
     result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "allocator": args.allocator,
               "rows": rows}
     if args.json:
@@ -156,16 +190,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown_table(rows: list[dict]) -> str:
     """One line per configuration and variant: PSCL step, bare step, overhead, peak RSS."""
-    lines = ["| config | variant | PSCL step (s) | bare networks (s) | machinery overhead | PSCL peak RSS (GiB) |",
-             "|---|---|---:|---:|---:|---:|"]
-    keyed = {(r["config"], r["variant"], r["mode"]): r for r in rows}
-    for (config, variant, mode), row in keyed.items():
+    lines = ["| config | variant | precision | PSCL step (s) | bare networks (s) | machinery overhead | PSCL peak RSS (GiB) |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    keyed = {(r["config"], r["variant"], r.get("precision", "fp32"), r["mode"]): r for r in rows}
+    for (config, variant, precision, mode), row in keyed.items():
         if mode != "pscl":
             continue
-        bare = keyed.get((config, variant, "bare"))
+        bare = keyed.get((config, variant, precision, "bare"))
         overhead = f"{100 * (row['seconds_per_step'] / bare['seconds_per_step'] - 1):+.0f} %" if bare else "-"
-        lines.append(f"| {config} | {variant} | {row['seconds_per_step']:.2f} | "
-                     f"{bare['seconds_per_step'] if bare else float('nan'):.2f} | {overhead} | {row['peak_rss_gib']:.2f} |")
+        lines.append(f"| {config} | {variant} | {precision} | {row['seconds_per_step']:.3f} | "
+                     f"{bare['seconds_per_step'] if bare else float('nan'):.3f} | {overhead} | {row['peak_rss_gib']:.2f} |")
     return "\n".join(lines)
 
 
