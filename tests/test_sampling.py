@@ -264,3 +264,31 @@ def test_batch_equals_per_image_calls() -> None:
         assert torch.equal(got, similarity_guided_sample(templates, cand))
     with pytest.raises(ValueError):
         similarity_guided_sample_batch(templates, [images[0], torch.randn(5, 12)])
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "planted"])
+def test_batched_matching_equals_matching_each_image_alone(kind: str) -> None:
+    """similarity_guided_sample_batch (one batched pass) against the one-image reference."""
+    for trial in range(40):
+        generator = torch.Generator().manual_seed(trial)
+        num_templates = int(torch.randint(1, 30, (1,), generator=generator))
+        dim = int(torch.randint(2, 12, (1,), generator=generator))
+        if kind == "ties":  # few distinct values: many exactly equal similarities
+            templates = torch.randint(-2, 3, (num_templates, dim), generator=generator).float()
+        else:
+            templates = torch.randn(num_templates, dim, generator=generator)
+        images = []
+        for _ in range(int(torch.randint(1, 6, (1,), generator=generator))):
+            cells = num_templates + int(torch.randint(0, 50, (1,), generator=generator))
+            if kind == "ties":
+                image = torch.randint(-2, 3, (cells, dim), generator=generator).float()
+            else:
+                image = torch.randn(cells, dim, generator=generator)
+            if kind == "planted":
+                image[torch.randperm(cells, generator=generator)[:num_templates]] += 3 * templates
+            images.append(image)
+        list_size = (1, 4, 64)[trial % 3]
+        reference = [similarity_guided_sample(templates, image, list_size=list_size) for image in images]
+        batched = similarity_guided_sample_batch(templates, images, list_size=list_size)
+        for expected, got in zip(reference, batched):
+            assert torch.equal(expected, got), (kind, trial)

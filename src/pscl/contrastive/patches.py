@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from pscl.contrastive.correspondence import batch_correspondence, cell_label_scores
-from pscl.contrastive.sampling import label_guided_sample, random_sample, similarity_guided_sample
+from pscl.contrastive.sampling import label_guided_sample, random_sample, similarity_guided_sample_batch
 
 
 @dataclass
@@ -67,12 +67,11 @@ def sample_patches(match_map: torch.Tensor, flip: torch.Tensor, rot_k: torch.Ten
         values = torch.ones(num_classes, k, device=match_map.device)
     templates = candidates[0, kidx0[sel0]]
     q_index, k_index = [qidx0[sel0]], [kidx0[sel0]]
-    for b in range(1, batch):
-        qidx, kidx = pairs[b]
-        if guided:
-            chosen = similarity_guided_sample(templates, candidates[b, kidx])
-        else:
-            chosen = random_sample(qidx.numel(), num_classes, k, generator)
+    if guided:  # every unlabelled image matched in one batched pass
+        chosen_cells = similarity_guided_sample_batch(templates, [candidates[b, pairs[b][1]] for b in range(1, batch)])
+    else:
+        chosen_cells = [random_sample(pairs[b][0].numel(), num_classes, k, generator) for b in range(1, batch)]
+    for (qidx, kidx), chosen in zip(pairs[1:], chosen_cells):
         q_index.append(qidx[chosen])
         k_index.append(kidx[chosen])
     per_image = num_classes * k

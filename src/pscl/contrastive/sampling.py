@@ -46,6 +46,10 @@ DEFAULT_LIST_SIZE = 64
 # that refilling many templates at once never needs a second full T x L matrix.
 _REFILL_BLOCK_ELEMENTS = 1 << 22
 
+# Upper bound on the similarities of images matched in one batched pass (B x T x L floats):
+# 2^25 is 128 MiB in fp32.
+_BATCH_ELEMENTS = 1 << 25
+
 
 def _check_enough_cells(num_cells: int, num_classes: int, k: int) -> None:
     """Raise ValueError when ``num_classes * k`` distinct cells cannot be drawn from ``num_cells``."""
@@ -241,6 +245,99 @@ def _greedy_match(sim: Tensor, list_size: int) -> Tensor:
     return assignment
 
 
+def _greedy_match_batched(sim: Tensor, valid: Tensor, list_size: int) -> Tensor:
+    """:func:`_greedy_match` of B independent images at once.
+
+    Args:
+        sim: (B, T, L) similarities; cells beyond an image's own count are padding (any value).
+        valid: (B, L) bool, False at padding; every image has at least T valid cells.
+        list_size: length of the initial per-template candidate lists.
+
+    Returns:
+        (B, T) long: per image, the cell of each template (all distinct), exactly as
+        :func:`_greedy_match` gives on that image alone. The rounds run for all images together:
+        a template competes only with templates of its own image, for cells of its own image.
+    """
+    batch, num_templates, num_cells = sim.shape
+    device = sim.device
+    neg_inf = float("-inf")
+    flat = sim.masked_fill(~valid.unsqueeze(1), neg_inf).view(batch * num_templates, num_cells)
+    image_of_row = torch.arange(batch, device=device).repeat_interleave(num_templates)
+    cells_of_image = valid.sum(dim=1)
+
+    width = min(max(1, list_size), num_cells)
+    top_val, top_idx = torch.topk(flat, width, dim=1, sorted=False)
+    list_val, list_idx = _ordered_lists(top_val, top_idx)
+    bound = list_val[:, -1].clone()
+    complete = cells_of_image[image_of_row] <= width  # every valid cell of the image is in the list
+
+    free = valid.clone()  # padding is never free
+    unresolved = torch.ones(batch * num_templates, dtype=torch.bool, device=device)
+    assignment = torch.full((batch * num_templates,), -1, dtype=torch.long, device=device)
+
+    while True:
+        rows = unresolved.nonzero().squeeze(1)  # image-major, ascending template order within an image
+        if rows.numel() == 0:
+            break
+        image = image_of_row[rows]
+
+        # 1) each unresolved template's best free cell, read from its list where that is exact
+        free_in_list = free[image.unsqueeze(1), list_idx[rows]]  # (U, width)
+        has_free = free_in_list.any(dim=1)
+        first = free_in_list.to(torch.uint8).argmax(dim=1)
+        proposal = list_idx[rows, first]
+        proposal_val = list_val[rows, first]
+        exact = has_free & ((proposal_val > bound[rows]) | complete[rows])
+
+        stale = (~exact).nonzero().squeeze(1)
+        if stale.numel() > 0:
+            # refill from the full rows with taken cells masked out, as _greedy_match does, with
+            # one width for all stale rows: the largest any of their images needs
+            open_per_image = torch.bincount(image, minlength=batch)
+            free_per_image = free.sum(dim=1)
+            stale_image = image[stale]
+            needed = torch.minimum(torch.clamp(open_per_image[stale_image] + 1, min=width), free_per_image[stale_image])
+            refill_width = min(max(width, int(needed.max())), num_cells)
+            if refill_width > width:
+                list_val, list_idx = _pad_lists(list_val, list_idx, refill_width)
+                width = refill_width
+            block = max(1, _REFILL_BLOCK_ELEMENTS // num_cells)
+            for start in range(0, stale.numel(), block):
+                part = stale[start : start + block]
+                part_rows = rows[part]
+                part_image = image[part]
+                masked = flat[part_rows].masked_fill_(~free[part_image], neg_inf)  # (b, L) copy
+                v, i = torch.topk(masked, refill_width, dim=1, sorted=False)
+                v, i = _ordered_lists(v, i)
+                part_complete = free_per_image[part_image] <= refill_width
+                tied = (v[:, 0] == v[:, -1]) & ~part_complete
+                best_idx = torch.where(tied, masked.argmax(dim=1), i[:, 0]) if bool(tied.any()) else i[:, 0]
+                proposal[part] = best_idx
+                proposal_val[part] = v[:, 0]
+                v, i = _pad_lists(v, i, width)
+                list_val[part_rows] = v
+                list_idx[part_rows] = i
+                bound[part_rows] = v[:, -1]
+                complete[part_rows] = part_complete
+
+        # 2) a proposal stands only if no unresolved template of its image likes that cell more
+        #    (ties: the lower template)
+        keys, slot_of_row = torch.unique(image * num_cells + proposal, return_inverse=True)
+        key_image, key_cell = keys // num_cells, keys % num_cells
+        column = sim[key_image, :, key_cell]  # (P, T): every template of the image, for that cell
+        column = column.masked_fill(~unresolved.view(batch, num_templates)[key_image], neg_inf)
+        strongest = key_image * num_templates + column.argmax(dim=1)  # first max = lowest template
+        accepted = strongest[slot_of_row] == rows
+
+        won_rows = rows[accepted]
+        won_cells = proposal[accepted]
+        assignment[won_rows] = won_cells
+        unresolved[won_rows] = False
+        free[image_of_row[won_rows], won_cells] = False
+
+    return assignment.view(batch, num_templates)
+
+
 def _unit_rows(x: Tensor) -> Tensor:
     """L2-normalise the rows of a (N, D) tensor in float32 (cosine similarity needs unit rows)."""
     return F.normalize(x.float(), dim=1)
@@ -294,18 +391,37 @@ def similarity_guided_sample(templates: Tensor, candidates: Tensor, *, list_size
 def similarity_guided_sample_batch(
     templates: Tensor, candidates: list[Tensor], *, list_size: int = DEFAULT_LIST_SIZE
 ) -> list[Tensor]:
-    """:func:`similarity_guided_sample` for several images with different L.
+    """:func:`similarity_guided_sample` for several images with different L, matched together.
 
     Args:
         templates: (T, D).
         candidates: one (L_b, D) tensor per unlabelled image.
 
     Returns:
-        one (T,) long tensor per image. Images are matched one after another so that only one
-        T x L_b similarity matrix exists at a time.
+        one (T,) long tensor per image, each exactly what :func:`similarity_guided_sample` gives
+        for that image. The images are matched in one batched pass (:func:`_greedy_match_batched`),
+        in groups of at most ``_BATCH_ELEMENTS`` similarities.
     """
     for cand in candidates:
         _check_pair(templates, cand)
+    if not candidates:
+        return []
     with torch.no_grad():
         unit_templates = _unit_rows(templates)
-        return [_match_unit(unit_templates, cand, list_size) for cand in candidates]
+        num_templates = unit_templates.shape[0]
+        if num_templates == 0:
+            return [torch.empty(0, dtype=torch.long, device=c.device) for c in candidates]
+        results: list[Tensor] = []
+        longest = max(c.shape[0] for c in candidates)
+        group = max(1, _BATCH_ELEMENTS // (num_templates * longest))
+        for start in range(0, len(candidates), group):
+            part = candidates[start : start + group]
+            lengths = [c.shape[0] for c in part]
+            device = unit_templates.device
+            sim = torch.full((len(part), num_templates, max(lengths)), float("-inf"), device=device)
+            for b, cand in enumerate(part):  # the same product per image as similarity_guided_sample
+                sim[b, :, : lengths[b]] = unit_templates @ _unit_rows(cand).to(device).T
+            valid = torch.arange(sim.shape[2], device=device) < torch.tensor(lengths, device=device).unsqueeze(1)
+            matched = _greedy_match_batched(sim, valid, list_size)
+            results += [row.to(c.device) for row, c in zip(matched, part)]
+        return results
