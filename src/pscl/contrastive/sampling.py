@@ -49,6 +49,8 @@ _REFILL_BLOCK_ELEMENTS = 1 << 22
 # Upper bound on the similarities of images matched in one batched pass (B x T x L floats):
 # 2^25 is 128 MiB in fp32.
 _BATCH_ELEMENTS = 1 << 25
+# On the CPU, images are matched in one batched pass only up to this many similarities per image.
+_CPU_BATCHED_MAX = 1 << 20
 
 
 def _check_enough_cells(num_cells: int, num_classes: int, k: int) -> None:
@@ -249,7 +251,7 @@ def _greedy_match_batched(sim: Tensor, valid: Tensor, list_size: int) -> Tensor:
     """:func:`_greedy_match` of B independent images at once.
 
     Args:
-        sim: (B, T, L) similarities; cells beyond an image's own count are padding (any value).
+        sim: (B, T, L) similarities, -inf at padding (cells beyond an image's own count).
         valid: (B, L) bool, False at padding; every image has at least T valid cells.
         list_size: length of the initial per-template candidate lists.
 
@@ -261,7 +263,7 @@ def _greedy_match_batched(sim: Tensor, valid: Tensor, list_size: int) -> Tensor:
     batch, num_templates, num_cells = sim.shape
     device = sim.device
     neg_inf = float("-inf")
-    flat = sim.masked_fill(~valid.unsqueeze(1), neg_inf).view(batch * num_templates, num_cells)
+    flat = sim.view(batch * num_templates, num_cells)  # the caller filled padding with -inf
     image_of_row = torch.arange(batch, device=device).repeat_interleave(num_templates)
     cells_of_image = valid.sum(dim=1)
 
@@ -388,6 +390,17 @@ def similarity_guided_sample(templates: Tensor, candidates: Tensor, *, list_size
         return _match_unit(_unit_rows(templates), candidates, list_size)
 
 
+def batched_matching(num_templates: int, num_cells: int, device: torch.device) -> bool:
+    """Whether several images are matched in one batched pass or one after another (same cells).
+
+    On a GPU always (its cost is kernel launches, one set per round instead of one per image and
+    round). On the CPU only for small problems: measured on 2 cores (docs/performance.md), the
+    batched pass is 10-30 % faster up to about a million similarities per image and slower at the
+    quick recipe's finest scale (480 templates x 16k cells), where memory traffic dominates.
+    """
+    return device.type != "cpu" or num_templates * num_cells <= _CPU_BATCHED_MAX
+
+
 def similarity_guided_sample_batch(
     templates: Tensor, candidates: list[Tensor], *, list_size: int = DEFAULT_LIST_SIZE
 ) -> list[Tensor]:
@@ -399,8 +412,9 @@ def similarity_guided_sample_batch(
 
     Returns:
         one (T,) long tensor per image, each exactly what :func:`similarity_guided_sample` gives
-        for that image. The images are matched in one batched pass (:func:`_greedy_match_batched`),
-        in groups of at most ``_BATCH_ELEMENTS`` similarities.
+        for that image. Where :func:`batched_matching` says so, the images are matched in one
+        batched pass (:func:`_greedy_match_batched`), in groups of at most ``_BATCH_ELEMENTS``
+        similarities; otherwise one after another.
     """
     for cand in candidates:
         _check_pair(templates, cand)
@@ -411,8 +425,10 @@ def similarity_guided_sample_batch(
         num_templates = unit_templates.shape[0]
         if num_templates == 0:
             return [torch.empty(0, dtype=torch.long, device=c.device) for c in candidates]
-        results: list[Tensor] = []
         longest = max(c.shape[0] for c in candidates)
+        if not batched_matching(num_templates, longest, unit_templates.device):
+            return [_match_unit(unit_templates, cand, list_size) for cand in candidates]
+        results: list[Tensor] = []
         group = max(1, _BATCH_ELEMENTS // (num_templates * longest))
         for start in range(0, len(candidates), group):
             part = candidates[start : start + group]
