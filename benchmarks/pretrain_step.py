@@ -26,8 +26,12 @@ import time
 from pathlib import Path
 
 CONFIGS = {
-    # the paper: 376 x 376, 8 unlabelled + 1 annotated image, UNet 32-256, fp32
-    "paper": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256)},
+    # the paper: 376 x 376, 8 unlabelled + 1 annotated image, UNet 32-256, fp32, the shipped
+    # backbone default (the 1/1 and 1/2 blocks recomputed in backward)
+    "paper": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256),
+              "backbone": {"checkpoint_blocks": "high_resolution"}},
+    # the paper's configuration keeping every activation (the GPU recipes' setting)
+    "paper_keep": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256), "backbone": {"checkpoint_blocks": "none"}},
     # experiment=quick: 128 px crops, small UNet
     "quick": {"size": 128, "unlabeled": 8, "widths": (16, 32, 64, 128)},
     # the paper's configuration with every UNet block recomputed in backward (backbone.checkpoint_blocks=all)

@@ -65,7 +65,8 @@ def test_bad_widths() -> None:
         UNet(widths=(8, 16, 32))
 
 
-@pytest.mark.parametrize("options", [{"channels_last": True}, {"checkpoint_blocks": "full_resolution"}, {"checkpoint_blocks": "all"},
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"checkpoint_blocks": "full_resolution"},
+                                     {"checkpoint_blocks": "high_resolution"}, {"checkpoint_blocks": "all"},
                                      {"channels_last": True, "checkpoint_blocks": "all"}])
 def test_memory_options_do_not_change_the_maths(options: dict) -> None:
     torch.manual_seed(0)
@@ -100,3 +101,19 @@ def test_checkpointing_actually_recomputes() -> None:
 def test_bad_checkpoint_choice() -> None:
     with pytest.raises(ConfigError, match="backbone.checkpoint_blocks"):
         UNet(widths=(8, 16, 32, 64), checkpoint_blocks="some")
+
+
+@pytest.mark.parametrize("choice,expected", [("none", 0), ("full_resolution", 2), ("high_resolution", 4), ("all", 7)])
+def test_each_checkpoint_choice_recomputes_its_blocks(choice: str, expected: int, monkeypatch) -> None:
+    from pscl.models import unet as unet_module
+
+    calls = []
+
+    def counting(block, *inputs, **kwargs):
+        calls.append(type(block).__name__)
+        return block(*inputs)
+
+    monkeypatch.setattr(unet_module, "checkpoint_block", counting)
+    model = UNet(1, 3, widths=(8, 16, 32, 64), checkpoint_blocks=choice)
+    model(torch.randn(1, 1, 32, 32)).sum().backward()
+    assert len(calls) == expected

@@ -16,7 +16,15 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CHECKPOINT_CHOICES = ("none", "full_resolution", "all")
+CHECKPOINT_CHOICES = ("none", "full_resolution", "high_resolution", "all")
+# the coarsest output level (0 = 1/1, 1 = 1/2, ...) whose blocks each choice recomputes
+_DEEPEST_LEVEL = {"none": -1, "full_resolution": 0, "high_resolution": 1, "all": 99}
+
+
+def recomputed(choice: str, level: int) -> bool:
+    """Whether a block whose output is at ``level`` (0 = full resolution, 1 = half, ...) is
+    recomputed in backward under ``backbone.checkpoint_blocks=choice``."""
+    return level <= _DEEPEST_LEVEL[choice]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pscl.errors import ConfigError
-from pscl.models.checkpointing import CHECKPOINT_CHOICES, checkpoint_block
+from pscl.models.checkpointing import CHECKPOINT_CHOICES, checkpoint_block, recomputed
 from pscl.models.base import BackboneFeatures, SegmentationBackbone
 
 
@@ -90,11 +90,11 @@ class UNetEncoder(nn.Module):
     checkpoint_blocks = "none"
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        every = self.checkpoint_blocks == "all"
-        x1 = _run(self.inc, self.checkpoint_blocks != "none", x)
-        x2 = _run(self.down1, every, x1)
-        x3 = _run(self.down2, every, x2)
-        return [x1, x2, x3, _run(self.down3, every, x3)]
+        choice = self.checkpoint_blocks
+        x1 = _run(self.inc, recomputed(choice, 0), x)
+        x2 = _run(self.down1, recomputed(choice, 1), x1)
+        x3 = _run(self.down2, recomputed(choice, 2), x2)
+        return [x1, x2, x3, _run(self.down3, recomputed(choice, 3), x3)]
 
 
 class UNetDecoder(nn.Module):
@@ -110,10 +110,10 @@ class UNetDecoder(nn.Module):
 
     def forward(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
         x1, x2, x3, x4 = skips
-        every = self.checkpoint_blocks == "all"
-        d4 = _run(self.up1, every, x4, x3)
-        d2 = _run(self.up2, every, d4, x2)
-        return [d4, d2, _run(self.up3, self.checkpoint_blocks != "none", d2, x1)]
+        choice = self.checkpoint_blocks
+        d4 = _run(self.up1, recomputed(choice, 2), x4, x3)
+        d2 = _run(self.up2, recomputed(choice, 1), d4, x2)
+        return [d4, d2, _run(self.up3, recomputed(choice, 0), d2, x1)]
 
 
 class UNet(SegmentationBackbone):
