@@ -89,6 +89,12 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant,
                         top_k=TOP_K[variant], gather_distributed=False, **module_options)
     module.log_losses = lambda values, batch_size: None
+    compile_seconds = None
+    if os.environ.get("PSCL_BENCH_COMPILE"):  # torch.compile the UNet(s) (inductor); time the first call apart
+        for network in (module.backbone, getattr(module, "backbone_momentum", None)):
+            if network is not None:  # PSCL calls forward_features: compile the blocks it runs
+                network.encoder.compile()
+                network.decoder.compile()
     batch = _to(_batch(module, spec["size"], spec["unlabeled"]), device)
     module.to(device)
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
@@ -128,8 +134,11 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
         if cuda:
             torch.cuda.synchronize()
 
-    step()  # warm-up: allocator, first-touch pages, CUDA kernels chosen
+    started = time.perf_counter()
+    step()  # warm-up: allocator, first-touch pages, CUDA kernels chosen (and compilation)
     synchronise()
+    if os.environ.get("PSCL_BENCH_COMPILE"):
+        compile_seconds = time.perf_counter() - started
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -141,7 +150,7 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     gpu = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": torch.cuda.get_device_name()} if cuda else {}
     return {
         "config": config, "variant": variant, "mode": mode, "steps": steps, "device": device,
-        "precision": precision, **gpu,
+        "precision": precision, **gpu, "compile_seconds": compile_seconds,
         "seconds_per_step": sum(times) / len(times), "min_seconds": min(times),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
