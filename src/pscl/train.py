@@ -600,7 +600,9 @@ def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -
         lines.append(f"  predictions: {cfg.callbacks.predictions.dirpath}")
     if "tensorboard" in (cfg.get("logger") or {}):
         lines.append(f"  TensorBoard: tensorboard --logdir {output_dir}")
-    if (output_dir / "model.pt").is_file():
+    from pscl.predict.model import MODEL_FILE
+
+    if (output_dir / MODEL_FILE).is_file():
         lines.append(f"  apply it to new micrographs: {predict_command(output_dir, results.get('data_root'))}")
     lines.append(f"  run folder: {output_dir}   ({results['wall_time_s']} s)")
     print("\n".join(lines), flush=True)

@@ -14,7 +14,7 @@ from pscl.data.io import read_image
 from pscl.data.random_state import generator_states, set_generator_states
 
 
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, C) float array -> (C, H, W) float tensor."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
 
@@ -52,7 +52,7 @@ class LabeledDataset(Dataset):
         j = index % len(self.images)
         out = self.transform(image=self.images[j], mask=self.masks[j])
         return {
-            "image": _to_tensor(out["image"]),
+            "image": image_to_tensor(out["image"]),
             "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
             "id": self.ids[j],
         }

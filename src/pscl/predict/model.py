@@ -90,13 +90,11 @@ def load_trained_model(source: Path | str) -> TrainedModel:
     """
     source = Path(source).expanduser()
     if source.is_dir():
-        if (source / MODEL_FILE).is_file():
-            return _from_model_file(source / MODEL_FILE)
-        last = source / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            return _from_checkpoint(last)
-        raise DataError(f"is not a finished pscl run: it has neither {MODEL_FILE} nor checkpoints/last.ckpt",
-                        source, _FIX)
+        found = next((f for f in (source / MODEL_FILE, source / "checkpoints" / "last.ckpt") if f.is_file()), None)
+        if found is None:
+            raise DataError(f"is not a finished pscl run: it has neither {MODEL_FILE} nor checkpoints/last.ckpt",
+                            source, _FIX)
+        source = found
     if not source.is_file():
         raise DataError("not found", source, _FIX)
     blob = load_weights(source, _FIX)
@@ -107,13 +105,6 @@ def load_trained_model(source: Path | str) -> TrainedModel:
     raise DataError("is neither a pscl model.pt nor a fine-tuning checkpoint", source, _FIX)
 
 
-def _from_model_file(path: Path) -> TrainedModel:
-    blob = load_weights(path, _FIX)
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        raise DataError(f"is not a pscl model file (expected format {MODEL_FORMAT})", path, _FIX)
-    return _from_blob(blob, path)
-
-
 def _from_blob(blob: dict[str, Any], path: Path) -> TrainedModel:
     try:
         return _assemble(blob["state_dict"], blob["backbone_config"], blob["class_names"], int(blob["in_channels"]),
@@ -122,11 +113,10 @@ def _from_blob(blob: dict[str, Any], path: Path) -> TrainedModel:
         raise DataError(f"lacks the entry {exc}", path, _FIX) from None
 
 
-def _from_checkpoint(path: Path, blob: dict[str, Any] | None = None) -> TrainedModel:
+def _from_checkpoint(path: Path, blob: dict[str, Any]) -> TrainedModel:
     """An older run: weights from a Lightning checkpoint, the backbone from the run's Hydra config."""
     from omegaconf import OmegaConf
 
-    blob = blob if blob is not None else load_weights(path, _FIX)
     config_file = next((folder / ".hydra" / "config.yaml" for folder in (path.parent, path.parent.parent)
                         if (folder / ".hydra" / "config.yaml").is_file()), None)
     if config_file is None:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pscl.data.datasets import image_to_tensor
 from pscl.data.io import read_image
 from pscl.data.transforms import test_transform
 from pscl.errors import DataError
@@ -66,8 +67,7 @@ def prepare_input(path: Path, model: TrainedModel, crop_bottom: int) -> tuple[np
                             "give the height of the information band only")
         image = image[: image.shape[0] - crop_bottom]
     normalised = test_transform(model.mean, model.std)(image=image)["image"]
-    tensor = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))).float()
-    return image.mean(axis=-1), tensor
+    return image.mean(axis=-1), image_to_tensor(normalised)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

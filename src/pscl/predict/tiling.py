@@ -76,10 +76,10 @@ def window_count(height: int, width: int, settings: TileSettings) -> int:
     return tile_plan(height, settings.tile, settings.overlap)[2] * tile_plan(width, settings.tile, settings.overlap)[2]
 
 
-def window_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """First pixel of every window along one axis (the last window ends at the edge)."""
+def window_starts(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """The window size along one axis and the first pixel of every window (the last ends at the edge)."""
     size, stride, count = tile_plan(length, tile, overlap)
-    return [min(i * stride, length - size) for i in range(count)]
+    return size, [min(i * stride, length - size) for i in range(count)]
 
 
 def blend_weights(height: int, width: int, blend: str, sigma_scale: float = 0.125) -> torch.Tensor:
@@ -104,10 +104,9 @@ def _windowed_probabilities(model: torch.nn.Module, image: torch.Tensor, setting
     added, weighted, into one (C, H, W) sum, divided at the end by the summed weights.
     """
     height, width = image.shape[-2:]
-    size_h, size_w = (tile_plan(height, settings.tile, settings.overlap)[0],
-                      tile_plan(width, settings.tile, settings.overlap)[0])
-    corners = [(y, x) for y in window_starts(height, settings.tile, settings.overlap)
-               for x in window_starts(width, settings.tile, settings.overlap)]
+    size_h, rows = window_starts(height, settings.tile, settings.overlap)
+    size_w, columns = window_starts(width, settings.tile, settings.overlap)
+    corners = [(y, x) for y in rows for x in columns]
     weights = blend_weights(size_h, size_w, settings.blend)
     total: torch.Tensor | None = None
     weight_sum = torch.zeros(height, width)
