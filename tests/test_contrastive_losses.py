@@ -319,6 +319,29 @@ def test_soft_loss_bank_valid_and_row_weights() -> None:
     assert got.item() == pytest.approx(dropped.item(), abs=TOL)
 
 
+@pytest.mark.parametrize("with_valid", [False, True])
+def test_soft_loss_factored_targets_equal_the_full_matrix(with_valid: bool) -> None:
+    # target_rows: N queries share U distinct target rows; loss and gradient equal the (N, Q) form
+    n, nq, d, u = 12, 9, 6, 4
+    q = _rand(n, d, seed=80).requires_grad_()
+    k, bank = _rand(n, d, seed=81), _rand(nq, d, seed=82)
+    rows = torch.rand(u, nq, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    rows[rows < 0.4] = 0.0
+    rows[2] = 0.0  # a kind of query with no bank target at all
+    kind = torch.randint(0, u, (n,), generator=torch.Generator().manual_seed(9))
+    valid = (torch.arange(nq) % 3 != 1) if with_valid else None
+    weights = torch.rand(n, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    full = soft_contrastive_loss(q, k, bank, rows[kind], bank_valid=valid, row_weights=weights)
+    (grad_full,) = torch.autograd.grad(full, q)
+    factored = soft_contrastive_loss(q, k, bank, rows, bank_valid=valid, row_weights=weights, target_rows=kind)
+    (grad_factored,) = torch.autograd.grad(factored, q)
+    assert factored.item() == pytest.approx(full.item(), abs=TOL)
+    assert factored.item() == pytest.approx(ref_soft(q.detach(), k, bank, rows[kind], None, 0.5, True, valid, weights), abs=TOL)
+    torch.testing.assert_close(grad_factored, grad_full, atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="target_rows"):
+        soft_contrastive_loss(q, k, bank, rows, target_rows=kind[:5])
+
+
 def test_soft_loss_empty_bank_and_gradients() -> None:
     q = _rand(3, 4, seed=60).requires_grad_()
     k = _rand(3, 4, seed=61)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pscl.contrastive.sampling import (
     _greedy_match,
+    _top_lists,
     label_guided_sample,
     random_sample,
     similarity_guided_sample,
@@ -216,14 +217,44 @@ def test_matches_slow_reference_on_random_inputs(seed: int) -> None:
         assert torch.equal(got, expected), list_size
 
 
+def cells_major(sim: torch.Tensor) -> torch.Tensor:
+    """The same (T, L) values as the transposed view of an (L, T) matrix (what the sampler builds)."""
+    return sim.T.contiguous().T
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_ties_follow_the_documented_order(seed: int) -> None:
-    # few distinct values -> ties everywhere, also at the edge of the candidate lists
+@pytest.mark.parametrize("num_cells", [20, 203])
+def test_ties_follow_the_documented_order(seed: int, num_cells: int) -> None:
+    # few distinct values -> ties everywhere, also at the edge of the candidate lists and of the
+    # block maxima (203 cells: 13 blocks of 16, the last one short)
     g = seeded(200 + seed)
-    sim = torch.randint(0, 3, (12, 20), generator=g).float()
+    sim = torch.randint(0, 3, (12, num_cells), generator=g).float()
     expected = reference_on_sim(sim)
     for list_size in (1, 3, 8, 20):
         assert torch.equal(_greedy_match(sim, list_size), expected), list_size
+        assert torch.equal(_greedy_match(cells_major(sim), list_size), expected), list_size
+
+
+@pytest.mark.parametrize("kind", ["random", "ties"])
+@pytest.mark.parametrize(("num_templates", "num_cells", "width"), [(7, 300, 4), (5, 257, 16), (3, 100, 7), (6, 40, 2)])
+def test_block_maximum_lists_hold_the_largest_values(kind: str, num_templates: int, num_cells: int, width: int) -> None:
+    g = seeded(num_cells + width)
+    if kind == "ties":
+        sim = torch.randint(0, 4, (num_templates, num_cells), generator=g).float()
+    else:
+        sim = torch.randn(num_templates, num_cells, generator=g)
+    values, cells = _top_lists(cells_major(sim), width)
+    assert values.shape == cells.shape == (num_templates, width)
+    # the listed cells are distinct, carry their own values, and are the row's `width` largest
+    assert all(row.unique().numel() == width for row in cells)
+    torch.testing.assert_close(values, sim.gather(1, cells), atol=0, rtol=0)
+    expected = torch.topk(sim, width, dim=1).values
+    torch.testing.assert_close(values.sort(dim=1, descending=True).values, expected, atol=0, rtol=0)
+    # every cell above the list's last value is listed (the matching's exactness contract)
+    bound = values.min(dim=1, keepdim=True).values
+    for row in range(num_templates):
+        above = (sim[row] > bound[row]).nonzero().squeeze(1)
+        assert set(above.tolist()) <= set(cells[row].tolist())
 
 
 def test_heavy_contention_is_exact_and_one_to_one() -> None:
@@ -295,3 +326,19 @@ def test_batched_matching_equals_matching_each_image_alone(kind: str, monkeypatc
         batched = similarity_guided_sample_batch(templates, images, list_size=list_size)
         for expected, got in zip(reference, batched):
             assert torch.equal(expected, got), (kind, trial)
+
+
+def test_inconsistent_candidate_lists_raise_instead_of_looping(monkeypatch) -> None:
+    # lists that leave out a row's best cell break the exactness contract: here template 0 proposes
+    # cell 0, which template 1 likes more, and template 1 proposes cell 1, which template 0 likes
+    # more, so no pair can be committed; the matching must stop with an error instead of spinning
+    from pscl.contrastive import sampling
+
+    def lists_without_the_best(sim: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cells = torch.tensor([[0, 2], [1, 3]])
+        return sim.gather(1, cells), cells
+
+    monkeypatch.setattr(sampling, "_top_lists", lists_without_the_best)
+    sim = torch.tensor([[0.5, 0.9, 0.1, 0.0], [0.8, 0.4, 0.0, 0.1]])
+    with pytest.raises(RuntimeError, match="no progress"):
+        _greedy_match(sim, 2)

@@ -143,13 +143,15 @@ def soft_contrastive_loss(
     normalize_targets: bool = True,
     bank_valid: Tensor | None = None,
     row_weights: Tensor | None = None,
+    target_rows: Tensor | None = None,
 ) -> Tensor:
     """PSCL-MoCo soft-target contrastive loss (spec 5.3), used at image and patch level -> scalar.
 
     Args:
         q: (N, D) queries; k: (N, D) their positive keys; bank: (Q, D) queue entries. All three are
             L2-normalised here (normalising twice is harmless).
-        bank_targets: (N, Q) >= 0 soft target weight of each queue entry for each query.
+        bank_targets: (N, Q) >= 0 soft target weight of each queue entry for each query; or, with
+            ``target_rows``, (U, Q) distinct target rows of which query n uses row ``target_rows[n]``.
         positive_targets: (N,) >= 0 weight of the positive key; default 1 for every row.
         temperature: logits are cosines divided by it.
         normalize_targets: divide each target row y_n = [positive_targets_n, bank_targets_n] by its sum,
@@ -157,48 +159,61 @@ def soft_contrastive_loss(
             to the cross-entropy, so a query with many same-group recent entries gets a larger loss and
             gradient. Note that normalising cancels any factor common to a row (e.g. the patch weight
             w_p of spec 5.3); pass such a factor as ``row_weights`` to keep its effect.
-        bank_valid: optional (Q,) bool; entries where False are removed from the softmax (their logit
-            becomes -inf), so never-written queue slots act neither as positives nor as negatives
-            (fix, spec 11.6). Their targets are ignored.
+        bank_valid: optional (Q,) bool; entries where False are removed from the softmax, so never-
+            written queue slots act neither as positives nor as negatives (fix, spec 11.6). Their
+            targets are ignored.
         row_weights: optional (N,) >= 0 multiplier of each row's loss, applied after normalisation.
+        target_rows: optional (N,) long, see ``bank_targets``. Patch targets depend on a query only
+            through its (class slot, group), so the PSCL-MoCo patch loss passes the few distinct rows
+            instead of an (N, Q) matrix.
 
     Returns:
         ``mean_n( row_weights_n * -sum_j y_nj * log softmax_j(logits_n) )`` with
         ``logits = [q.k, q.bank^T] / t`` of shape (N, 1 + Q). Rows whose target sum is 0 contribute 0 but
         still count in the mean over N.
 
-    Memory: the (N, Q) logits are the only large tensor built besides ``bank_targets`` itself; the target-
-    weighted logit sum is computed as ``q . (y @ bank)`` instead of an elementwise (N, Q) product, so
-    N ~ 20,000 rows x Q ~ 2,000 columns fit comfortably.
+    Cost: the (N, Q) logits are the only large tensor built (one product, one log-sum-exp); the
+    target-weighted logit sum is ``q . (y @ bank)``, an (N, D) product, and invalid entries are dropped
+    from the bank rather than masked in the logits.
     """
     if q.dim() != 2 or q.shape != k.shape:
         raise ValueError(f"q and k must be (N, D) of equal shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     n, d = q.shape
     if bank.dim() != 2 or bank.shape[1] != d:
         raise ValueError(f"bank must be (Q, {d}), got {tuple(bank.shape)}")
-    if bank_targets.shape != (n, bank.shape[0]):
-        raise ValueError(f"bank_targets must be ({n}, {bank.shape[0]}), got {tuple(bank_targets.shape)}")
+    if target_rows is None:
+        if bank_targets.shape != (n, bank.shape[0]):
+            raise ValueError(f"bank_targets must be ({n}, {bank.shape[0]}), got {tuple(bank_targets.shape)}")
+    elif target_rows.shape != (n,) or bank_targets.dim() != 2 or bank_targets.shape[1] != bank.shape[0]:
+        raise ValueError(
+            f"with target_rows ({n},) bank_targets must be (U, {bank.shape[0]}), got target_rows "
+            f"{tuple(target_rows.shape)} and bank_targets {tuple(bank_targets.shape)}"
+        )
 
     q = F.normalize(_working_dtype(q), dim=1)
     k = F.normalize(_working_dtype(k), dim=1)
     bank = F.normalize(_working_dtype(bank).to(q), dim=1)
     bank_targets = bank_targets.to(q)
+    if bank_valid is not None:  # dropping the columns is the same softmax as -inf logits, without an (N, Q) pass
+        keep = bank_valid.to(device=q.device, dtype=torch.bool)
+        bank, bank_targets = bank[keep], bank_targets[:, keep]
     if positive_targets is None:
         positive_targets = torch.ones(n, dtype=q.dtype, device=q.device)
     else:
         positive_targets = positive_targets.to(q)
 
-    positive_logit = (q * k).sum(dim=1) / temperature  # (N,)
-    bank_logits = q @ bank.T / temperature  # (N, Q)
-    if bank_valid is not None:
-        bank_valid = bank_valid.to(device=q.device, dtype=torch.bool)
-        bank_logits = bank_logits.masked_fill(~bank_valid[None, :], float("-inf"))
-        bank_targets = bank_targets * bank_valid[None, :].to(q.dtype)
-    log_partition = torch.logsumexp(torch.cat([positive_logit[:, None], bank_logits], dim=1), dim=1)  # (N,)
+    scaled_q = q / temperature
+    positive_logit = (scaled_q * k).sum(dim=1)  # (N,)
+    bank_logits = scaled_q @ bank.T  # (N, Q')
+    log_partition = torch.logaddexp(positive_logit, torch.logsumexp(bank_logits, dim=1))  # (N,)
 
-    target_mass = positive_targets + bank_targets.sum(dim=1)  # (N,)
     # -sum_j y_j log softmax_j = mass * logZ - sum_j y_j logit_j, and sum_j y_j (q . b_j) = q . (y @ bank).
-    weighted_bank_logit = (q * (bank_targets @ bank)).sum(dim=1) / temperature  # (N,)
+    bank_mass = bank_targets.sum(dim=1)
+    target_sum = bank_targets @ bank  # (N or U, D)
+    if target_rows is not None:
+        bank_mass, target_sum = bank_mass[target_rows], target_sum[target_rows]
+    target_mass = positive_targets + bank_mass  # (N,)
+    weighted_bank_logit = (scaled_q * target_sum).sum(dim=1)  # (N,)
     row_loss = target_mass * log_partition - positive_targets * positive_logit - weighted_bank_logit
 
     if normalize_targets:

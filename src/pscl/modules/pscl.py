@@ -223,13 +223,16 @@ class PSCLModule(MomentumPretrainModule):
             query = head.forward_rows(gather_rows(dec_q, patches.image, patches.query_cell))
             key = F.normalize(gather_rows(key_map, patches.image, patches.key_cell), dim=1)
             protos = self.prototype_queues[i]
-            targets = prototype_queue_targets(patches.slots, groups[patches.image], protos.slot, protos.group,
+            # a patch's targets depend only on its (class slot, image group): one row per distinct pair
+            kinds, kind_of_row = torch.unique(torch.stack([patches.slots, groups[patches.image]], dim=1), dim=0,
+                                              return_inverse=True)
+            targets = prototype_queue_targets(kinds[:, 0], kinds[:, 1], protos.slot, protos.group,
                                               protos.age(step), protos.valid, hp.patch_group_decay, hp.recency_decay)
             # how genuine each annotated patch is (fillers of a rare class ~0), reused for every image
             weights = patch_weights(patches.values).flatten().repeat(batch)
             scale_losses[f"patch_loss_s{self.scales[i]}"] = soft_contrastive_loss(
                 query, key, protos.features, targets, temperature=hp.temperature,
-                bank_valid=protos.valid, row_weights=weights)
+                bank_valid=protos.valid, row_weights=weights, target_rows=kind_of_row)
             enqueue.append(class_prototypes(key.view(batch, patches.num_classes, patches.k, -1), patches.values))
         patch_loss = torch.stack(list(scale_losses.values())).mean()
         self._enqueue(k_img, groups, enqueue, step)
