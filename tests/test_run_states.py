@@ -131,6 +131,38 @@ def test_a_non_finite_loss_stops_the_stage_and_keeps_the_last_finite_checkpoint(
     assert saved["global_step"] == 4 and first_non_finite(saved["state_dict"]) is None
 
 
+class _NanWeightModule(_ToyModule):
+    """Its loss stays finite, but the weights turn NaN right after step ``nan_weights_at``."""
+
+    def __init__(self, nan_weights_at: int) -> None:
+        super().__init__(nan_from=10**9)
+        self.nan_weights_at = nan_weights_at
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.global_step == self.nan_weights_at + 1:  # the step just taken was step nan_weights_at
+            with torch.no_grad():
+                self.layer.weight.fill_(float("nan"))
+
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
+    # the weights turn NaN in the last step of epoch 1 (step 7), so the loss never shows it before
+    # the epoch-end save: the save itself must refuse, and the epoch-0 checkpoint stays
+    from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=2)
+    checkpoints = tmp_path / "checkpoints"
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path,
+                         callbacks=[ResumeCheckpoint(checkpoints, every_n_epochs=1),
+                                    StopOnDivergence("toy stage", checkpoints)])
+    with pytest.raises(NonFiniteError, match="the weight layer.weight became non-finite at step 8") as info:
+        trainer.fit(_NanWeightModule(7), data)
+    assert str(checkpoints / "last.ckpt") in str(info.value)
+    saved = load_weights(checkpoints / "last.ckpt")
+    assert saved["global_step"] == 4 and first_non_finite(saved["state_dict"]) is None
+    assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]  # no half-written temporary file
+
+
 def test_a_finite_run_is_not_stopped(tmp_path: Path) -> None:
     _toy_fit(tmp_path, nan_from=10**9)
     assert load_weights(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 12

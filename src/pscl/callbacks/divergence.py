@@ -50,14 +50,8 @@ class StopOnDivergence(pl.Callback):
         if loss is not None and not math.isfinite(loss):
             self._stop(trainer, f"the training loss became {loss}")
 
-    def _check_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        key = first_non_finite(pl_module.state_dict())
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        key = first_non_finite(checkpoint.get("state_dict", {}))
         if key is not None:
             self._stop(trainer, f"the weight {key} became non-finite")
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:  # ModelCheckpoint saves here when there is a validation loop
-            self._check_weights(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_weights(trainer, pl_module)

@@ -5,8 +5,9 @@ no model selection (pscl never selects on the test set) it wrote it only when fi
 kill lost everything. This callback saves the full training state (weights, optimiser,
 schedules, queues and momentum copies, loop counters, callback states) every
 ``every_n_epochs`` epochs and when fit ends, through a temporary file and a rename, so a kill
-mid-save leaves the previous ``last.ckpt`` whole. It derives from Lightning's ``Checkpoint``,
-so it runs after the other callbacks (StopOnDivergence checks the weights first).
+mid-save leaves the previous ``last.ckpt`` whole. It derives from Lightning's ``Checkpoint``, so it
+runs after the other callbacks; StopOnDivergence checks the weights of each save before the file
+is written.
 """
 
 from __future__ import annotations
