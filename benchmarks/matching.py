@@ -6,7 +6,8 @@ the benchmark batch (0 = at initialisation), and the templates and candidate fea
 step are recorded per scale. Each list size is then timed (best of ``--repeats``) and checked to
 give the same cells as the default list size.
 
-Usage: ``python benchmarks/matching.py --config quick --train-steps 150 --list-sizes 4,8,16,64``
+Usage: ``python benchmarks/matching.py --config quick --train-steps 150 --list-sizes 4,8,16,64``;
+``--profile`` adds, per scale, the operators that take the time at the default list size.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=0)
     parser.add_argument("--list-sizes", default="4,8,16,64")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="per scale, the operators' self time (torch.profiler)")
     args = parser.parse_args(argv)
 
     from pscl.perf import configure_allocator
@@ -89,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{1e3 * min(times):.0f}")
         mean_cells = sum(c.shape[0] for c in candidates) / len(candidates)
         print(f"| {templates.shape[0]} x {mean_cells:.0f} ({len(candidates)} images) | " + " | ".join(cells) + " |")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for templates, candidates in inputs:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                similarity_guided_sample_batch(templates, candidates)
+            ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:5]
+            print(f"{templates.shape[0]} templates: " + ", ".join(
+                f"{e.key} {e.self_cpu_time_total / 1e3:.0f} ms" for e in ops))
     return 0
 
 

@@ -11,6 +11,8 @@ Usage: ``python benchmarks/pretrain_step.py [--configs paper,quick] [--steps 3] 
 (``make bench`` writes ``benchmarks/results.json`` and the table in ``docs/performance.md``).
 On a GPU: ``--device cuda --precision fp32,bf16`` times CUDA-synchronised steps in fp32 and in
 bf16 autocast and reports the peak GPU memory (``torch.cuda.max_memory_allocated``).
+``PSCL_BENCH_PROFILE=1 ... --one quick moco pscl fp32`` prints where one more step's time goes, by
+part (matching, losses, heads, backward), on stderr.
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
         step()
         synchronise()
         times.append(time.perf_counter() - start)
+    if os.environ.get("PSCL_BENCH_PROFILE"):  # where one more step's time goes, by part, on stderr
+        print(profile_parts(step, synchronise), file=sys.stderr)
     gpu = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": torch.cuda.get_device_name()} if cuda else {}
     return {
         "config": config, "variant": variant, "mode": mode, "steps": steps, "device": device,
@@ -157,6 +161,57 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
         "threads": torch.get_num_threads(),
         "allocator": os.environ.get("PSCL_ALLOCATOR_IN_EFFECT", "unchanged"),
     }
+
+
+# the parts of a PSCL step that PSCL_BENCH_PROFILE=1 times: (module, function) pairs
+PROFILED_PARTS = (
+    ("pscl.contrastive.patches", "batch_correspondence"),
+    ("pscl.contrastive.patches", "cell_label_scores"),
+    ("pscl.contrastive.patches", "label_guided_sample"),
+    ("pscl.contrastive.patches", "similarity_guided_sample_batch"),
+    ("pscl.modules.pscl", "prototype_queue_targets"),
+    ("pscl.modules.pscl", "soft_contrastive_loss"),
+    ("pscl.modules.pscl", "class_masked_nt_xent"),
+    ("pscl.modules.pscl", "nt_xent"),
+)
+
+
+def profile_parts(step, synchronise) -> str:
+    """One profiled step: milliseconds per named part (forward only; backward is one part)."""
+    import functools
+    import importlib
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from pscl.models.heads import DenseProjectionHead
+
+    originals = []
+
+    def wrap(owner, name: str, label: str) -> None:
+        function = getattr(owner, name)
+        originals.append((owner, name, function))
+
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            with record_function(label):
+                return function(*args, **kwargs)
+
+        setattr(owner, name, timed)
+
+    for module_name, name in PROFILED_PARTS:
+        wrap(importlib.import_module(module_name), name, f"part: {name}")
+    wrap(DenseProjectionHead, "forward", "part: dense heads on whole maps")
+    wrap(torch.Tensor, "backward", "part: backward")
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+            synchronise()
+    finally:
+        for owner, name, function in originals:
+            setattr(owner, name, function)
+    parts = sorted((e for e in prof.key_averages() if e.key.startswith("part: ")), key=lambda e: -e.cpu_time_total)
+    return "\n".join(f"{e.key[6:]:40s} {e.cpu_time_total / 1e3:8.1f} ms" for e in parts)
 
 
 def main(argv: list[str] | None = None) -> int:
