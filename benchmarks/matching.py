@@ -66,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="per scale, the operators' self time (torch.profiler)")
     args = parser.parse_args(argv)
 
-    from pscl.perf import configure_allocator
-
-    configure_allocator()  # as pscl-train: may re-execute with mimalloc
     import torch
 
     from pscl.contrastive.sampling import DEFAULT_LIST_SIZE, similarity_guided_sample_batch
@@ -104,4 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pscl.perf import configure_allocator
+
+    configure_allocator()  # the allocator pscl-train uses: may re-execute this script with mimalloc
     sys.exit(main())
