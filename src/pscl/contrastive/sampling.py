@@ -40,8 +40,8 @@ __all__ = [
 
 # Candidate-list length per template. Most templates settle within their first few choices; a
 # longer list makes the one-off top-m pass dearer, a shorter one makes refills more frequent.
-# Measured on the quick and paper MoCo matchings, at initialisation and after 150 steps: 8 is the
-# fastest of 4, 8, 16, 64 (docs/performance.md).
+# Measured on the quick and paper MoCo matchings, at initialisation and after 150 steps
+# (benchmarks/matching.py, docs/performance.md): 8 is as fast as 4 and faster than 16 or 64.
 DEFAULT_LIST_SIZE = 8
 
 # Upper bound on the elements of one temporary (rows x L) block built during list refills, so
