@@ -108,7 +108,8 @@ class _ToyModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _toy_fit(tmp_path: Path, nan_from: int) -> None:
+def _toy_fit(tmp_path: Path, module: pl.LightningModule) -> None:
+    """Three epochs of 4 steps, last.ckpt after every epoch, divergence checked."""
     from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=2)
@@ -117,12 +118,12 @@ def _toy_fit(tmp_path: Path, nan_from: int) -> None:
                          default_root_dir=tmp_path,
                          callbacks=[ResumeCheckpoint(checkpoints, every_n_epochs=1),
                                     StopOnDivergence("toy stage", checkpoints)])
-    trainer.fit(_ToyModule(nan_from), data)
+    trainer.fit(module, data)
 
 
 def test_a_non_finite_loss_stops_the_stage_and_keeps_the_last_finite_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError) as info:
-        _toy_fit(tmp_path, nan_from=6)  # 4 steps an epoch: epoch 0 ends finite, step 6 is NaN
+        _toy_fit(tmp_path, _ToyModule(nan_from=6))  # 4 steps an epoch: epoch 0 ends finite, step 6 is NaN
     message = str(info.value)
     assert "toy stage diverged" in message and "at step 7" in message and "epoch 1" in message
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -147,16 +148,9 @@ class _NanWeightModule(_ToyModule):
 def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
     # the weights turn NaN in the last step of epoch 1 (step 7), so the loss never shows it before
     # the epoch-end save: the save itself must refuse, and the epoch-0 checkpoint stays
-    from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
-
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=2)
     checkpoints = tmp_path / "checkpoints"
-    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path,
-                         callbacks=[ResumeCheckpoint(checkpoints, every_n_epochs=1),
-                                    StopOnDivergence("toy stage", checkpoints)])
     with pytest.raises(NonFiniteError, match="the weight layer.weight became non-finite at step 8") as info:
-        trainer.fit(_NanWeightModule(7), data)
+        _toy_fit(tmp_path, _NanWeightModule(nan_weights_at=7))
     assert str(checkpoints / "last.ckpt") in str(info.value)
     saved = load_weights(checkpoints / "last.ckpt")
     assert saved["global_step"] == 4 and first_non_finite(saved["state_dict"]) is None
@@ -164,7 +158,7 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
 
 
 def test_a_finite_run_is_not_stopped(tmp_path: Path) -> None:
-    _toy_fit(tmp_path, nan_from=10**9)
+    _toy_fit(tmp_path, _ToyModule(nan_from=10**9))
     assert load_weights(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 12
 
 
