@@ -25,15 +25,10 @@ def record_matching_inputs(config: str, train_steps: int) -> list[tuple]:
     import torch
 
     import pscl.contrastive.patches as patches
-    from pretrain_step import CONFIGS, TOP_K, _batch
-    from pscl.models.unet import UNet
-    from pscl.modules.pscl import PSCLModule
+    from pretrain_step import CONFIGS, _batch, build_module
 
     spec = CONFIGS[config]
-    torch.manual_seed(0)
-    module = PSCLModule(UNet(1, 4, spec["widths"], channels_last=True, **spec.get("backbone", {})), num_classes=4,
-                        variant="moco", top_k=TOP_K["moco"], gather_distributed=False)
-    module.log_losses = lambda values, batch_size: None
+    module = build_module(config, "moco")
     batch = _batch(module, spec["size"], spec["unlabeled"])
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     recorded: list[tuple] = []
@@ -65,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="per scale, the operators' self time (torch.profiler)")
     args = parser.parse_args(argv)
+    list_sizes = [int(size) for size in args.list_sizes.split(",")]
 
     import torch
 
@@ -72,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
     inputs = record_matching_inputs(args.config, args.train_steps)
     print(f"{args.config}, after {args.train_steps} training steps; ms per scale (best of {args.repeats})")
-    print("| templates x cells per image | " + " | ".join(f"list {s}" for s in args.list_sizes.split(",")) + " |")
-    print("|---|" + "---:|" * len(args.list_sizes.split(",")))
+    print("| templates x cells per image | " + " | ".join(f"list {size}" for size in list_sizes) + " |")
+    print("|---|" + "---:|" * len(list_sizes))
     for templates, candidates in inputs:
         reference = similarity_guided_sample_batch(templates, candidates, list_size=DEFAULT_LIST_SIZE)
         cells = []
-        for size in (int(s) for s in args.list_sizes.split(",")):
+        for size in list_sizes:
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()

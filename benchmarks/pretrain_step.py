@@ -75,8 +75,8 @@ def _to(value, device):
     return value
 
 
-def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu", precision: str = "fp32") -> dict:
-    """Time ``steps`` steps after one warm-up step in this process; report seconds and peak memory."""
+def build_module(config: str, variant: str):
+    """The PSCL module of a benchmark configuration (seeded), with its step's logging switched off."""
     import torch
 
     from pscl.models.unet import UNet
@@ -91,6 +91,15 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant,
                         top_k=TOP_K[variant], gather_distributed=False, **module_options)
     module.log_losses = lambda values, batch_size: None
+    return module
+
+
+def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu", precision: str = "fp32") -> dict:
+    """Time ``steps`` steps after one warm-up step in this process; report seconds and peak memory."""
+    import torch
+
+    spec = CONFIGS[config]
+    module = build_module(config, variant)
     compile_seconds = None
     if os.environ.get("PSCL_BENCH_COMPILE"):  # torch.compile the UNet(s) (inductor); time the first call apart
         for network in (module.backbone, getattr(module, "backbone_momentum", None)):
