@@ -7,11 +7,13 @@ from pathlib import Path
 
 import torch
 
-from pscl.errors import PsclError
+from pscl.errors import EXIT_PARTIAL, PsclError
 
 
 class NonFiniteError(PsclError):
-    """Weights or a loss that became NaN or infinite: the training diverged."""
+    """Weights or a loss that became NaN or infinite: the training diverged (exit code 3)."""
+
+    exit_code = EXIT_PARTIAL
 
 
 def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
