@@ -82,7 +82,7 @@ def _tamper(model_file: Path, **changes: object) -> Path:
 
 def test_a_model_file_cannot_name_another_callable(model_file: Path) -> None:
     _tamper(model_file, backbone_config={"_target_": "os.system", "command": "touch /tmp/pscl_owned"})
-    with pytest.raises(DataError, match="only pscl's own backbones"):
+    with pytest.raises(DataError, match="not one of the classes pscl builds from a file"):
         load_trained_model(model_file)
 
 
