@@ -121,3 +121,70 @@ def check_config(cfg: DictConfig, rules: tuple[Rule, ...] = CONFIG_RULES,
             continue
         if not rule.accepts(value):
             raise ConfigError(rule.key, f"{rule.describe()}, got {value!r}", f"e.g. {rule.key}={_example(rule)}")
+
+
+# The backbone's bottleneck is 1/8 of its input (pscl.models.base): a crop under 16 px leaves it
+# 1x1 px, and BatchNorm cannot train on a single value per channel, so a batch needs two crops.
+BOTTLENECK_STRIDE = 8
+SINGLE_CROP_SIDE = 2 * BOTTLENECK_STRIDE
+
+
+def _pretraining_class(cfg: DictConfig) -> type | None:
+    """The class of the method's pretraining module, or None if it has none (or it cannot be found:
+    building it reports that)."""
+    import hydra
+
+    target = OmegaConf.select(cfg, "method.pretrain._target_", default=None)
+    if target is None:
+        return None
+    try:
+        return hydra.utils.get_class(str(target))
+    except ImportError:
+        return None
+
+
+def pretrains(cfg: DictConfig) -> bool:
+    """True when this run pretrains: the method has a pretraining stage, and neither
+    ``stage=finetune`` nor ``pretrained_ckpt`` skips it."""
+    return (OmegaConf.select(cfg, "method.pretrain", default=None) is not None
+            and str(cfg.get("stage", "both")) != "finetune" and not cfg.get("pretrained_ckpt"))
+
+
+def check_batch_sizes(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` when training batches are too small for BatchNorm to train on.
+
+    A method whose projection head normalises pooled features over the batch (SimCLR, BYOL:
+    ``min_batch_size`` of the module class) needs two pool images per batch; so does every stage
+    whose ``data.crop_size`` leaves the bottleneck 1x1 px. With whole images (``data.crop_size``
+    null) the data module checks fine-tuning batches, as it knows the image sizes.
+    """
+    if pretrains(cfg):
+        _check_pretraining_batches(cfg)
+    if str(cfg.get("stage", "both")) != "pretrain":
+        _check_single_crops(cfg, "data.batch_size")
+
+
+def _check_pretraining_batches(cfg: DictConfig) -> None:
+    """``data.unlabeled_batch_size`` against the method's ``min_batch_size`` and the crop."""
+    module_class = _pretraining_class(cfg)
+    size = OmegaConf.select(cfg, "data.unlabeled_batch_size", default=None)
+    if module_class is None or not isinstance(size, int):
+        return
+    method = OmegaConf.select(cfg, "method.name", default="this method")
+    needed = int(getattr(module_class, "min_batch_size", 1))
+    if size < needed:
+        raise ConfigError("data.unlabeled_batch_size",
+                          f"is {size} but method={method} needs at least {needed} images per pretraining batch: "
+                          "BatchNorm in its projection head cannot train on a single image",
+                          f"set data.unlabeled_batch_size={needed} or more (the pool must hold that many images)")
+    _check_single_crops(cfg, "data.unlabeled_batch_size")
+
+
+def _check_single_crops(cfg: DictConfig, key: str) -> None:
+    """Refuse a batch size ``key`` of 1 when ``data.crop_size`` leaves the bottleneck 1x1 px."""
+    size = OmegaConf.select(cfg, key, default=None)
+    crop = OmegaConf.select(cfg, "data.crop_size", default=None)
+    if isinstance(size, int) and size < 2 and isinstance(crop, int) and crop < SINGLE_CROP_SIDE:
+        raise ConfigError(key, f"is {size} but data.crop_size={crop} leaves the network's bottleneck 1x1 px, and "
+                               "BatchNorm cannot train on a single value per channel",
+                          f"set {key}=2 or more, or data.crop_size={SINGLE_CROP_SIDE} or more")

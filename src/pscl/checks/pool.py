@@ -1,9 +1,13 @@
-"""The pretraining pool checked before training: every image decodes and is at least a crop wide.
+"""The pretraining pool checked before pretraining: every image decodes, is within the pixel
+limit and is at least a crop wide.
 
 Without this, a corrupt file in ``unlabeled/`` or an image smaller than the crop fails only
-when first drawn, possibly hours into pretraining. The image sizes found are remembered under
+when first drawn, possibly hours into pretraining. Only a run that pretrains checks the pool
+(a supervised run never reads ``unlabeled/``). The image sizes found are remembered under
 ``<cache_dir>/checked/`` by the content hash of the pool, so a second run over the same files
 reads each file's bytes once (to hash them) and decodes none.
+
+:func:`check_image_side` is the one size rule for every image a stage reads.
 """
 
 from __future__ import annotations
@@ -15,11 +19,39 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pscl.checks.config import CONFIG_RULES
+from pscl.data.io import check_pixel_count
 from pscl.errors import DataError
 from pscl.integrity import atomic_write_text, content_hashes
 
 log = logging.getLogger("pscl.checks")
 PROGRESS_FROM = 50  # show a progress bar when decoding at least this many images
+
+
+def smallest_crop() -> int:
+    """The smallest ``data.crop_size`` the range check allows; also the least side the UNet takes
+    (three halvings leave 1 px; a smaller image leaves none)."""
+    return int(next(rule.low for rule in CONFIG_RULES if rule.key == "data.crop_size"))
+
+
+def check_image_side(path: Path, height: int, width: int, crop_size: int | None, stage: str) -> None:
+    """Refuse an image that ``stage`` (which reads it, e.g. ``pretraining``) cannot crop to
+    ``crop_size``, or, for whole images (None), that is smaller than :func:`smallest_crop`."""
+    smallest = smallest_crop()
+    needed = smallest if crop_size is None else int(crop_size)
+    side = min(int(height), int(width))
+    if side >= needed:
+        return
+    if crop_size is None:
+        problem = f"is {width}x{height}, smaller than {smallest} px, the least the network takes; {stage} reads it"
+    else:
+        problem = f"is {width}x{height}, smaller than data.crop_size={crop_size}, so {stage} cannot crop it"
+    fix = f"remove it from {path.parent}/, or replace it with an image of at least {needed}x{needed} px"
+    if side >= smallest:  # a smaller crop is allowed; below `smallest` the range check would refuse it
+        fix += f", or set data.crop_size<={side}"
+    else:
+        fix += f" (data.crop_size cannot go below {smallest})"
+    raise DataError(problem, path, fix)
 
 
 def _decode(paths: Sequence[Path], in_channels: int) -> list[list[int]]:
@@ -71,12 +103,10 @@ def check_pool(paths: Sequence[Path], in_channels: int, crop_size: int | None, c
             except OSError as exc:
                 log.warning("could not remember the pool check in %s (%s); the next run checks again", record, exc)
     sizes = {path: (int(by_hash[d][0]), int(by_hash[d][1])) for path, d in zip(paths, hashes)}
-    if crop_size is not None:
-        for path, (height, width) in sizes.items():
-            if min(height, width) < int(crop_size):
-                raise DataError(
-                    f"is {width}x{height}, smaller than data.crop_size={crop_size}, so pretraining cannot crop it",
-                    path, f"remove it from the pool, or set data.crop_size<={min(height, width)}")
+    for path, (height, width) in sizes.items():
+        # sizes remembered from a run under a higher PSCL_MAX_IMAGE_PIXELS are held to today's limit
+        check_pixel_count(path, width, height)
+        check_image_side(path, height, width, crop_size, "pretraining")
     log.info("checked %d pool images in %.2f s (%d decoded, the rest known)", len(paths),
              time.perf_counter() - started, len(todo))
     return sizes

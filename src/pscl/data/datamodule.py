@@ -35,7 +35,8 @@ from pscl.data.index import DatasetIndex, index_dataset
 from pscl.data.io import read_image, read_mask
 from pscl.data.splits import carve_validation, parse_num_labeled, select_labeled
 from pscl.data.transforms import test_transform, train_transform
-from pscl.errors import ConfigError, DataError
+from pscl.checks.config import SINGLE_CROP_SIDE
+from pscl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ class MicrographDataModule(pl.LightningDataModule):
         self._load_annotated()
         self.labeled_ids = select_labeled(self.index.train_ids, hp.num_labeled, hp.label_seed,
                                           self.index.labeled_presets)
+        self._check_read_sizes()
         self._check_crop_size()
-        self._check_pool()
         self.mean, self.std = self._intensity_stats(self.index.train_ids)
         if hp.class_weights is not None and len(hp.class_weights) != self.num_classes:
             raise ConfigError("data.class_weights",
@@ -158,6 +159,21 @@ class MicrographDataModule(pl.LightningDataModule):
             mask = read_mask(sample.mask, self.num_classes, image.shape[:2], sample.image)
             self._images[sample_id], self._masks[sample_id] = image, mask
 
+    def _check_read_sizes(self) -> None:
+        """Refuse an annotated image smaller than the network takes, naming the stage that reads it:
+        fine-tuning (this round's annotated images, cropped) and evaluation (val and test, whole).
+        Training images outside this round are read by pretraining only (:meth:`_check_pool`)."""
+        from pscl.checks.pool import check_image_side, smallest_crop
+
+        assert self.index is not None
+        evaluated = sorted(set(self._images) - set(self.index.train_ids))  # the val and test images loaded
+        for ids, stage in ((self.labeled_ids, "fine-tuning"), (evaluated, "evaluation")):
+            for sample_id in ids:
+                height, width = self._images[sample_id].shape[:2]
+                if min(height, width) < smallest_crop():  # larger ones are held to the crop by _check_crop_size
+                    crop = self.hparams.crop_size if stage == "fine-tuning" else None
+                    check_image_side(self.index.samples[sample_id].image, height, width, crop, stage)
+
     def _check_crop_size(self) -> None:
         crop = self.hparams.crop_size
         if crop is None:
@@ -176,7 +192,9 @@ class MicrographDataModule(pl.LightningDataModule):
                 )
 
     def _check_pool(self) -> None:
-        """Decode (or recall by content hash) every pretraining pool image and compare it to the crop."""
+        """Decode (or recall by content hash) every pretraining pool image and compare it to the crop;
+        called when a run is about to pretrain (:meth:`use_pretraining`), as only pretraining reads
+        ``unlabeled/`` and the training images outside this round."""
         from pscl.checks.pool import check_pool
 
         known = {self.index.samples[i].image: self._images[i].shape[:2] for i in self.index.train_ids}
@@ -238,6 +256,24 @@ class MicrographDataModule(pl.LightningDataModule):
                           num_workers=workers, pin_memory=bool(self.hparams.pin_memory),
                           persistent_workers=workers > 0, worker_init_fn=seed_worker if workers > 0 else None)
 
+    def _training_side(self) -> int:
+        """The shorter side of the crops fine-tuning trains on: data.crop_size, or with whole images
+        (null) the smallest of this round's annotated images."""
+        if self.hparams.crop_size is not None:
+            return int(self.hparams.crop_size)
+        return min(min(self._images[i].shape[:2]) for i in self.labeled_ids)
+
+    def _check_single_crop_batches(self, batch_size: int) -> None:
+        """Refuse fine-tuning batches of one crop so small that the bottleneck is 1x1 px: BatchNorm
+        cannot train on a single value per channel."""
+        side = self._training_side()
+        if batch_size < 2 and side < SINGLE_CROP_SIDE:
+            what = f"data.crop_size={side}" if self.hparams.crop_size is not None else f"a whole image of {side} px"
+            raise ConfigError("data.batch_size",
+                              f"is {batch_size} but {what} leaves the network's bottleneck 1x1 px, and BatchNorm "
+                              "cannot train on a single value per channel",
+                              f"set data.batch_size=2 or more, or data.crop_size={SINGLE_CROP_SIDE} or more")
+
     def labeled_dataset(self) -> LabeledDataset:
         """Random crops of this round's annotated images, ``samples_per_epoch`` per epoch."""
         self._require_setup()
@@ -257,7 +293,11 @@ class MicrographDataModule(pl.LightningDataModule):
         if self._pretrain_views is not None:
             loader = self.pretrain_dataloader(self._pretrain_views, self._pretrain_annotated)
         else:
-            loader = self._loader(self.labeled_dataset(), int(self.hparams.batch_size), shuffle=True)
+            dataset, batch_size = self.labeled_dataset(), int(self.hparams.batch_size)
+            self._check_single_crop_batches(batch_size)
+            # a last batch of one such crop would stop training; the next epoch draws new crops anyway
+            drop_last = batch_size > 1 and len(dataset) % batch_size == 1 and self._training_side() < SINGLE_CROP_SIDE
+            loader = self._loader(dataset, batch_size, shuffle=True, drop_last=drop_last)
         if self.after_train_loader is not None:  # a resumed fit restores the random states here
             self.after_train_loader(loader)
             self.after_train_loader = None
@@ -331,6 +371,8 @@ class MicrographDataModule(pl.LightningDataModule):
     def use_pretraining(self, views: Callable[..., dict] | None, annotated: bool = True) -> None:
         """Make :meth:`train_dataloader` serve pretraining items built by ``views`` (None: fine-tuning);
         ``annotated=False`` for methods that never look at labels."""
+        if views is not None and self._pretrain_views is None:
+            self._check_pool()
         self._pretrain_views = views
         self._pretrain_annotated = annotated
 

@@ -12,7 +12,6 @@ Both produce a :class:`DatasetIndex`; nothing here reads pixels.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from pscl.data.io import is_image_file
 from pscl.data.splits import seeded_split
+from pscl.data.text import read_csv_rows, read_text
 from pscl.errors import DataError
 
 log = logging.getLogger("pscl.data")
@@ -84,7 +84,7 @@ def read_class_names(path: Path) -> tuple[str, ...]:
             path,
             "create it with one class name per line, class 0 (e.g. the matrix) first",
         )
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    names = tuple(line.strip() for line in read_text(path, "classes.txt").splitlines() if line.strip())
     if len(names) < 2:
         raise DataError("classes.txt must list at least two classes", path,
                         "write one class name per line, class 0 first")
@@ -95,18 +95,17 @@ def read_class_names(path: Path) -> tuple[str, ...]:
 
 def read_groups(path: Path) -> dict[str, str]:
     """``meta.csv`` (columns ``id,group``) as id -> group."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"id", "group"} <= set(reader.fieldnames):
-            raise DataError("meta.csv needs the header `id,group`", path,
-                            "add a first line `id,group` and one line per image id")
-        return {row["id"]: row["group"] for row in reader if row.get("id")}
+    reader = read_csv_rows(path, "meta.csv")
+    if reader.fieldnames is None or not {"id", "group"} <= set(reader.fieldnames):
+        raise DataError("meta.csv needs the header `id,group`", path,
+                        "add a first line `id,group` and one line per image id")
+    return {row["id"]: row["group"] for row in reader if row.get("id")}
 
 
 def read_splits(path: Path, known_ids: set[str]) -> dict[str, tuple[str, ...]]:
     """``splits.json``: ``train`` and ``test`` id lists, optional ``val``; checked for sanity."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_text(path, "splits.json"))
     except json.JSONDecodeError as exc:
         raise DataError(f"not valid JSON: {exc}", path, "fix the syntax or delete the file") from None
     if not isinstance(raw, dict) or "train" not in raw or "test" not in raw:

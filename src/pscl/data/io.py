@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pscl.errors import DataError
+from pscl.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import tifffile
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
 IGNORE_INDEX = 255
@@ -15,34 +21,121 @@ IGNORE_INDEX = 255
 # ITU-R BT.601 luma, the usual grey conversion of an RGB micrograph.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
+PIXEL_LIMIT_VARIABLE = "PSCL_MAX_IMAGE_PIXELS"
+# Pillow's default Image.MAX_IMAGE_PIXELS: it warns above it and refuses above twice it.
+_PILLOW_WARNING_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+DEFAULT_MAX_IMAGE_PIXELS = 2 * _PILLOW_WARNING_PIXELS  # about 179 MP, where Pillow would refuse
+# pscl checks every image it reads against max_image_pixels() from the file header, before decoding;
+# Pillow's own check would warn, or refuse inside Image.open before the size is known, so it is off.
+Image.MAX_IMAGE_PIXELS = None
+
 
 def is_image_file(path: Path) -> bool:
     """True for files whose suffix is one of :data:`IMAGE_SUFFIXES` (case-insensitive)."""
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def max_image_pixels() -> int | None:
+    """The most pixels pscl decodes from one image (None: no limit).
+
+    ``PSCL_MAX_IMAGE_PIXELS`` sets it (a whole number; 0 or ``none``: no limit); unset, it is
+    Pillow's decompression-bomb threshold. A bad value is a :class:`ConfigError`.
+    """
+    raw = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if raw.lower() in {"0", "none"}:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(PIXEL_LIMIT_VARIABLE, f"must be a whole number of pixels, or 0 or none for no limit, "
+                                                f"got {raw!r}",
+                          f"e.g. {PIXEL_LIMIT_VARIABLE}=400000000, or unset it for the default of "
+                          f"{DEFAULT_MAX_IMAGE_PIXELS} px")
+    return value
+
+
+def check_pixel_count(path: Path, width: int, height: int, planes: int = 1) -> None:
+    """Refuse an image of more pixels than :func:`max_image_pixels` (a decompression bomb, or an
+    image too large to decode), before any pixel is decoded."""
+    limit = max_image_pixels()
+    pixels = int(width) * int(height) * max(int(planes), 1)
+    if limit is None or pixels <= limit:
+        return
+    size = f"{width}x{height} px" + (f" x {planes} planes" if planes > 1 else "")
+    suggestion = math.ceil(pixels / 1_000_000) * 1_000_000
+    raise DataError(
+        f"is {size} ({pixels / 1e6:.1f} MP), over the limit of {limit} px ({limit / 1e6:.1f} MP) on the pixels "
+        "pscl decodes from one image (a guard against decompression bombs); it was not decoded",
+        path,
+        f"if the image is genuine, raise the limit: {PIXEL_LIMIT_VARIABLE}={suggestion} (or "
+        f"{PIXEL_LIMIT_VARIABLE}=none for no limit); otherwise replace or remove the file",
+    )
+
+
+def _tiff_size(tif: tifffile.TiffFile) -> tuple[int, int, int]:
+    """``(width, height, planes)`` of a TIFF's first series, from its tags alone."""
+    page = tif.pages[0]
+    width, height = int(page.imagewidth), int(page.imagelength)
+    # planes: what the series stacks beyond one (height, width, samples) image, e.g. a z-stack
+    planes = math.prod(tif.series[0].shape) // max(width * height * int(page.samplesperpixel), 1)
+    return width, height, planes
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """``(width, height)`` from the header alone; raises :class:`DataError` when over the pixel limit
+    (:func:`max_image_pixels`) or not an image."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                width, height, planes = _tiff_size(tif)
+        else:
+            with Image.open(path) as img:
+                (width, height), planes = img.size, 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError) as exc:
+        raise _unreadable(path, exc) from None
+    check_pixel_count(path, width, height, planes)
+    return width, height
+
+
+def _unreadable(path: Path, exc: BaseException) -> DataError:
+    return DataError(
+        f"cannot be read as an image (corrupt, truncated or not an image): {exc}",
+        path,
+        "replace the file with a valid PNG/TIFF/JPEG/BMP, or remove it",
+    )
+
+
 def _read_raw(path: Path) -> np.ndarray:
-    """Pixel array exactly as stored: (H, W) or (H, W, C), integer or float dtype."""
+    """Pixel array exactly as stored: (H, W) or (H, W, C), integer or float dtype.
+
+    The pixel count is checked from the header first (:func:`check_pixel_count`).
+    """
     if not path.is_file():
         raise DataError("file not found", path, "check the path, or regenerate the data folder")
     try:
         if path.suffix.lower() in {".tif", ".tiff"}:
             import tifffile
 
-            array = np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                check_pixel_count(path, *_tiff_size(tif))
+                array = np.asarray(tif.asarray())
         else:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # lazy: reads the header only
+                check_pixel_count(path, *img.size)
                 if img.mode in {"P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "HSV", "1"}:
                     img = img.convert("RGB")
                 elif img.mode == "I;16B":
                     img = img.convert("I;16")
                 array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(
-            f"cannot be read as an image (corrupt, truncated or not an image): {exc}",
-            path,
-            "replace the file with a valid PNG/TIFF/JPEG/BMP, or remove it",
-        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError) as exc:
+        raise _unreadable(path, exc) from None
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
         array = np.moveaxis(array, 0, -1)  # channel-first TIFF
     if array.ndim == 3 and array.shape[-1] == 4:

@@ -23,6 +23,8 @@ from pscl.modules.pretrain_base import MomentumPretrainModule
 class BYOLModule(MomentumPretrainModule):
     """``method=byol``."""
 
+    min_batch_size = 2  # the projection and prediction heads' BatchNorm1d needs two images
+
     def __init__(self, backbone: SegmentationBackbone, momentum: float = 0.99, hidden_dim: int = 512,
                  out_dim: int = 128, view_options: Mapping[str, Any] | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, lr: float = 1e-4,

@@ -36,6 +36,9 @@ class PretrainModule(pl.LightningModule):
     #: whether the method's loss reaches the decoder; if not, the decoder is frozen (not in the
     #: optimiser, no gradient), which also keeps DDP from waiting for gradients that never come
     trains_decoder: bool = False
+    #: the fewest pool images a pretraining batch may hold (data.unlabeled_batch_size; checked before
+    #: training by pscl.checks.config.check_batch_sizes)
+    min_batch_size: int = 1
 
     def __init__(self, backbone: SegmentationBackbone,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, lr: float = 1e-4,

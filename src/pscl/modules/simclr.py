@@ -22,6 +22,8 @@ from pscl.modules.pretrain_base import PretrainModule
 class SimCLRModule(PretrainModule):
     """``method=simclr``."""
 
+    min_batch_size = 2  # the projection head's BatchNorm1d needs two images, and NT-Xent a negative
+
     def __init__(self, backbone: SegmentationBackbone, temperature: float = 0.5, hidden_dim: int = 512,
                  out_dim: int = 128, gather_distributed: bool = True, view_options: Mapping[str, Any] | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, lr: float = 1e-4,

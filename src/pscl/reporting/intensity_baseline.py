@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pscl.data.io import IGNORE_INDEX
+from pscl.data.io import IGNORE_INDEX, image_size
+from pscl.data.text import read_text
+from pscl.errors import DataError, run_command
 
 
 def fit_intensity_classifier(
@@ -82,19 +84,33 @@ def pooled_foreground_dice(
     return mean, [float(d) for d in per_class]
 
 
+def _open(path: Path) -> Image.Image:
+    """``path`` opened by Pillow once its header is within pscl's pixel limit (PSCL_MAX_IMAGE_PIXELS)."""
+    image_size(path)
+    return Image.open(path)
+
+
 def _load(root: Path, ids: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    images = [np.asarray(Image.open(root / "images" / f"{i}.png").convert("L")) for i in ids]
-    masks = [np.asarray(Image.open(root / "masks" / f"{i}.png")) for i in ids]
+    images = [np.asarray(_open(root / "images" / f"{i}.png").convert("L")) for i in ids]
+    masks = [np.asarray(_open(root / "masks" / f"{i}.png")) for i in ids]
     return images, masks
+
+
+def _read_splits(path: Path) -> dict:
+    """``splits.json`` in any common encoding; a file that is not JSON is a :class:`DataError`."""
+    try:
+        return json.loads(read_text(path, "splits.json"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON: {exc}", path, "fix the syntax") from None
 
 
 def evaluate_folder(root: Path) -> dict:
     """Fit on the ``train`` split of a dataset folder and score its ``test`` split."""
     root = Path(root)
-    class_names = [line.strip() for line in (root / "classes.txt").read_text().splitlines()]
+    class_names = [line.strip() for line in read_text(root / "classes.txt", "classes.txt").splitlines()]
     class_names = [c for c in class_names if c]
     num_classes = len(class_names)
-    splits = json.loads((root / "splits.json").read_text())
+    splits = _read_splits(root / "splits.json")
     train_images, train_masks = _load(root, splits["train"])
     lut = fit_intensity_classifier(train_images, train_masks, num_classes)
     test_images, test_masks = _load(root, splits["test"])
@@ -121,7 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.root / "splits.json").is_file():
         parser.error(f"{args.root} has no splits.json; not a pscl dataset folder")
-    result = evaluate_folder(args.root)
+    result: dict = {}
+
+    def body() -> None:
+        result.update(evaluate_folder(args.root))
+
+    code = run_command(parser.prog, body)  # a bad file is one line on stderr and exit 2
+    if code:
+        return code
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
