@@ -9,10 +9,11 @@ exit code, without a traceback; ``PSCL_DEBUG=1`` prints the traceback as well.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # exit codes shared by every pscl command
@@ -88,3 +89,17 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         print(crash_message(prog, exc), file=sys.stderr, flush=True)
         return EXIT_CRASH
     return EXIT_OK if code is None else int(code)
+
+
+def run_parsed(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+               body: Callable[[argparse.Namespace], int | None]) -> int:
+    """Parse ``argv`` and run ``body(args)`` through :func:`run_command`; returns the exit code.
+
+    A bad option is argparse's usage line and message with exit code 2, ``--help`` exit 0: as
+    a return value, not ``SystemExit``, so callers (and tests) get the code either way.
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    return run_command(prog, lambda: body(args))

@@ -5,11 +5,18 @@
 The file takes (B, C, H, W) float32 images scaled to [0, 1] and returns (B, num_classes, H, W)
 logits; the run's normalisation is inside it. ``<file>.json`` beside it states that contract
 (channels, scaling of 8- and 16-bit files, grey conversion, class names, mean and std).
+
+Both files are checked before anything is written: an existing one is refused unless
+``--overwrite`` (which replaces both), and neither may be the model file being exported. The
+model is scripted and serialised in memory first, then both files are written side by side
+and renamed together, so a crash leaves the earlier pair (or nothing), never half a pair or a
+``*.partial`` file. Exit codes: 0 written, 2 a user error (nothing written), 1 a crash (a bug).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -21,8 +28,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pscl.errors import DataError, PsclError  # noqa: E402
-from pscl.integrity import atomic_write_text  # noqa: E402
+from pscl.errors import EXIT_OK, DataError, run_parsed  # noqa: E402
+from pscl.integrity import atomic_write_bytes  # noqa: E402
 from pscl.predict.model import TrainedModel, load_trained_model  # noqa: E402
 
 FORMATS = ("torchscript",)
@@ -74,19 +81,64 @@ def contract(model: TrainedModel) -> dict[str, Any]:
 
 
 def export_torchscript(model: TrainedModel, path: Path) -> Path:
-    """Script the model with its normalisation and write it and its contract (``<path>.json``)."""
+    """Script the model with its normalisation and write it and its contract (``<path>.json``), together."""
+    _check_exportable(model)
+    wrapper = NormalisedUNet(model.backbone.float().cpu().eval(), model.mean, model.std).eval()
+    scripted = torch.jit.script(wrapper)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    contract_text = json.dumps(contract(model), indent=2)
+    _write_together({path: buffer.getvalue(), contract_path(path): contract_text.encode("utf-8")})
+    return path
+
+
+def _check_exportable(model: TrainedModel) -> None:
+    """Only pscl's UNet is scripted; anything else is refused before a file is written."""
     from pscl.models.unet import UNet
 
     if not isinstance(model.backbone, UNet):
         raise DataError(f"export supports pscl's UNet backbones, not {type(model.backbone).__name__}", model.source)
-    wrapper = NormalisedUNet(model.backbone.float().cpu().eval(), model.mean, model.std).eval()
-    scripted = torch.jit.script(wrapper)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    scripted.save(str(partial))
-    os.replace(partial, path)
-    atomic_write_text(contract_path(path), json.dumps(contract(model), indent=2))
-    return path
+
+
+def _write_together(files: dict[Path, bytes]) -> None:
+    """Write every file or none: each to a hidden ``.<name>.partial`` beside it, then all renamed.
+
+    A failure before the renames leaves the earlier files as they were; the staged files are removed.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, data in files.items():
+            stage = target.with_name(f".{target.name}.partial")
+            atomic_write_bytes(stage, data)
+            staged.append((stage, target))
+        for stage, target in staged:
+            os.replace(stage, target)
+    finally:
+        for stage, _ in staged:
+            stage.unlink(missing_ok=True)
+
+
+def check_targets(out: Path, overwrite: bool, model: TrainedModel) -> None:
+    """Refuse an ``--out`` whose model file or contract cannot or must not be written; nothing is written."""
+    targets = [out, contract_path(out)]
+    if out == contract_path(out):
+        raise DataError("would be both the model file and its contract (<name>.json beside it)", out,
+                        f"name the model file with another suffix, e.g. --out {out.with_suffix('.ts.pt')}")
+    read = {Path(model.source).resolve()} if model.source is not None else set()
+    for target in targets:
+        if target.resolve() in read:
+            raise DataError("is the model file being exported; writing it would destroy it; nothing was written",
+                            target, f"choose another --out, e.g. --out {target.parent / 'export' / 'model.ts.pt'}")
+        if target.is_dir():
+            raise DataError("is a folder; --out names the model file to write", target,
+                            f"e.g. --out {target / 'model.ts.pt'}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise DataError("is not a folder, so nothing can be written in it", out.parent, "choose another --out")
+    existing = [t for t in targets if os.path.lexists(t)]
+    if existing and not overwrite:
+        also = f" (and {existing[1]})" if len(existing) > 1 else ""
+        raise DataError(f"already exists{also}; nothing was written", existing[0],
+                        "add --overwrite to replace the model file and its .json, or choose another --out")
 
 
 def contract_path(path: Path) -> Path:
@@ -94,27 +146,34 @@ def contract_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def run(argv: list[str] | None = None) -> int:
-    """``pscl-export``; returns 0, or 2 on a user error."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``pscl-export``."""
     parser = argparse.ArgumentParser(prog="pscl-export", description="Export a trained pscl run for plain PyTorch.")
     parser.add_argument("model", type=Path, help="a pscl run folder, its model.pt, or a checkpoint inside it")
     parser.add_argument("--format", choices=FORMATS, default="torchscript")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output file (default: <run>/export/model.ts.pt, or beside the given file)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = parser.parse_args(argv)
-    try:
-        model = load_trained_model(args.model)
-        base = args.model if args.model.is_dir() else args.model.parent
-        out = args.out or base / "export" / "model.ts.pt"
-        if out.exists() and not args.overwrite:
-            raise DataError("already exists; nothing was written", out, "add --overwrite, or choose another --out")
-        export_torchscript(model, out)
-    except PsclError as exc:
-        print(f"pscl-export: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+                        help="output file (default: <run>/export/model.ts.pt, or beside the given file); "
+                             "its contract is written beside it as <name>.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file and its .json (both are refused otherwise)")
+    return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    """The command's work: load, check both files, then write them."""
+    model = load_trained_model(args.model)
+    _check_exportable(model)
+    base = args.model if args.model.is_dir() else args.model.parent
+    out = args.out or base / "export" / "model.ts.pt"
+    check_targets(out, args.overwrite, model)
+    export_torchscript(model, out)
     print(f"pscl-export: wrote {out} and its input contract {contract_path(out)}", flush=True)
-    return 0
+    return EXIT_OK
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``pscl-export``; returns 0, 2 on a user error (nothing written) or 1 on a crash."""
+    return run_parsed("pscl-export", build_parser(), argv, _export)
 
 
 def main() -> None:

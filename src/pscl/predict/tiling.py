@@ -32,6 +32,9 @@ from pscl.errors import ConfigError
 
 BLENDS = ("gaussian", "constant")
 _MULTIPLE = 8  # tile sides are rounded up to a multiple of the UNet's total down-sampling
+# the UNet halves an image three times: a side below 2**3 px leaves no pixel at the bottleneck
+MIN_IMAGE_SIDE = _MULTIPLE
+MIN_TILE = 16  # the smallest window side TileSettings takes
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class TileSettings:
     tta: bool = False
 
     def __post_init__(self) -> None:
-        if self.tile < 16:
-            raise ConfigError("tile", f"must be >= 16 pixels, got {self.tile}")
+        if self.tile < MIN_TILE:
+            raise ConfigError("tile", f"must be >= {MIN_TILE} pixels, got {self.tile}")
         if not 0 <= self.overlap < self.tile // 2:
             raise ConfigError("overlap", f"must be in [0, tile/2) = [0, {self.tile // 2}), got {self.overlap}")
         if self.batch_size < 1:
