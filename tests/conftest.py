@@ -146,3 +146,16 @@ def write_texture_folder(root: Path, n_train: int = 24, n_test: int = 6, size: i
     (root / "classes.txt").write_text("fine\ncoarse\nspeckle\n")
     (root / "splits.json").write_text(json.dumps({"train": ids[:n_train], "test": ids[n_train:]}))
     return root
+
+
+def tree_hashes(*folders: Path) -> dict[str, str]:
+    """``{path: sha256}`` of every file under ``folders`` (absent folders hold none): compare before
+    and after a command to show that it changed, added and removed nothing there."""
+    import hashlib
+
+    hashes = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")) if Path(folder).exists() else []:
+            if path.is_file():
+                hashes[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes

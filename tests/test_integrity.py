@@ -151,7 +151,12 @@ def test_planted_payload_in_the_cache_never_runs(tmp_path: Path, caplog) -> None
         assert pretrain_cache.lookup(folder, []) is None
     assert not marker.exists()
     assert "changed since it was stored" in caplog.text and str(folder) in caplog.text
+    # the broken entry is moved aside (kept for inspection), so that a new pretraining can take its place
+    (aside,) = folder.parent.glob(f"{folder.name}.broken-*")
+    assert not folder.exists() and str(aside) in caplog.text
     # even with the hash forged to match, the load refuses the pickle instead of running it
+    folder, _ = _entry(tmp_path)
+    write_crafted_checkpoint(folder / "pretrained.pt", marker)
     (folder / "entry.json").write_text(json.dumps({"sha256": {"pretrained.pt": hash_file(folder / "pretrained.pt")}}))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pscl.pretrain_cache"):

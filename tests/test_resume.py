@@ -115,7 +115,7 @@ def test_resume_argv_rebuilds_the_command(tmp_path: Path) -> None:
     (run / ".hydra" / "overrides.yaml").write_text(
         f"- method=simclr\n- data.label_seed=2\n- resume={run}\n- hydra.run.dir={run}\n")
     assert resume_argv([f"resume={run}"]) == ["method=simclr", "data.label_seed=2", f"resume={run}",
-                                               f"hydra.run.dir={run}"]
+                                               f"hydra.run.dir={run}", "hydra.output_subdir=null"]
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text(
@@ -123,7 +123,7 @@ def test_resume_argv_rebuilds_the_command(tmp_path: Path) -> None:
         "    - data.label_seed=0,1\n")
     assert resume_argv(["-m", f"resume={sweep}"]) == ["-m", "experiment=table_quick", "data.label_seed=0,1",
                                                        "hydra.mode=MULTIRUN", f"resume={sweep}",
-                                                       f"hydra.sweep.dir={sweep}"]
+                                                       f"hydra.sweep.dir={sweep}", "hydra.output_subdir=null"]
     with pytest.raises(DataError, match="other arguments were given: method=moco"):
         resume_argv([f"resume={run}", "method=moco"])
     with pytest.raises(DataError, match="no such run folder"):
@@ -142,10 +142,12 @@ def test_which_checkpoint_a_resumed_stage_continues_from(tmp_path: Path, monkeyp
     fresh, resumed = OmegaConf.create({"resume": None}), OmegaConf.create({"resume": str(tmp_path)})
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert _resume_checkpoint(resumed, checkpoints) is None  # nothing saved yet: start the stage
-    (checkpoints / "last.ckpt").write_bytes(b"")
+    import torch
+
+    torch.save({"state_dict": {}}, checkpoints / "last.ckpt")  # read the safe way before a stage resumes
     assert _resume_checkpoint(fresh, checkpoints) is None
     assert _resume_checkpoint(resumed, checkpoints) == checkpoints / "last.ckpt"
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job resumes by itself
     assert _resume_checkpoint(fresh, checkpoints) == checkpoints / "last.ckpt"
-    (tmp_path / "pretrain" / "hpc_ckpt_1.ckpt").write_bytes(b"")  # Lightning's, newer: it loads that one
+    torch.save({"state_dict": {}}, tmp_path / "pretrain" / "hpc_ckpt_1.ckpt")  # Lightning's, newer: it loads that
     assert _resume_checkpoint(fresh, checkpoints) is None

@@ -15,14 +15,19 @@ weights and are part of the key.
 An entry can be trusted only as far as it checks out: its files are written atomically under a
 lock, ``entry.json`` (the SHA-256 of each weights file) last, and :func:`lookup` reuses an entry
 only if every hash matches and the weights load without a pickle and are finite. Anything else
-is reported and pretrained again. A cache that cannot be written costs the reuse, not the run.
+is reported, moved aside to ``<entry>.broken-<UTC time>`` (kept for inspection, never loaded
+again) and pretrained again, and the new pretraining takes its place: the cache repairs itself
+instead of warning on every later run. A healthy entry is never replaced (write-once). A cache
+that cannot be written costs the reuse, not the run.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +41,8 @@ from pscl.integrity import atomic_write_text, content_hashes, copy_atomic, file_
 
 log = logging.getLogger("pscl.pretrain_cache")
 ENTRY_FILE = "entry.json"
+# what a reusable entry yields: the weights, and (epoch, steps, file) of each snapshot
+Found = tuple[dict, list[tuple[int, int, Path]]]
 
 # data settings that choose or feed the labelled images / fine-tuning only, or say where files live
 NOT_PRETRAINING_DATA_KEYS = frozenset({
@@ -99,19 +106,28 @@ def _entry_files(folder: Path) -> list[Path]:
     return [folder / "pretrained.pt", *sorted((folder / "snapshots").glob("*.pt"))]
 
 
+def _lock(folder: Path) -> Path:
+    """The lock file that serialises writing, checking and moving the entry ``folder``."""
+    return folder.parent / f".{folder.name}.lock"
+
+
 def store(folder: Path, weights_file: Path, config: dict[str, Any], snapshots: Sequence[Path] = ()) -> Path | None:
     """Copy a finished ``pretrained.pt`` (and its snapshot files) into ``folder``; None if it could not.
 
     Under a lock, each file is copied atomically, then ``entry.json`` records their SHA-256: an
-    entry without it is unfinished and never reused. An entry another run completed meanwhile is
-    kept as it is (write-once). A cache that cannot be written logs a warning and the run goes on.
+    entry without it is unfinished and never reused. A healthy entry another run completed
+    meanwhile is kept as it is (write-once); one that fails its checks is moved aside first
+    (:func:`move_aside`), so the cache repairs itself. A cache that cannot be written logs a
+    warning and the run goes on.
     """
     try:
-        with file_lock(folder.parent / f".{folder.name}.lock"):
-            if verify(folder) is None:
-                return folder / "pretrained.pt"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / ENTRY_FILE).unlink(missing_ok=True)
+        with file_lock(_lock(folder)):
+            if folder.exists():
+                found, problem = _check(folder, ())
+                if found is not None:
+                    return folder / "pretrained.pt"
+                _warn_moved(folder, problem, move_aside(folder), "this run's pretraining takes its place")
+            folder.mkdir(parents=True)
             atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str))
             for snapshot in snapshots:
                 copy_atomic(Path(snapshot), folder / "snapshots" / Path(snapshot).name)
@@ -136,6 +152,8 @@ def verify(folder: Path) -> str | None:
         recorded = json.loads(entry.read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable {ENTRY_FILE} ({exc})"
+    if not isinstance(recorded, dict):
+        return f"unreadable {ENTRY_FILE} (its sha256 is not a mapping of files to hashes)"
     present = {str(p.relative_to(folder)) for p in _entry_files(folder)}
     if set(recorded) != present:
         return f"its files ({sorted(present)}) are not the recorded ones ({sorted(recorded)})"
@@ -145,23 +163,65 @@ def verify(folder: Path) -> str | None:
     return None
 
 
-def lookup(folder: Path, epochs: Sequence[int]) -> tuple[dict, list[tuple[int, int, Path]]] | None:
-    """The cached weights and snapshots of ``epochs`` if the entry checks out; None (with a warning
-    when an entry exists but fails its checks) otherwise."""
+def _check(folder: Path, epochs: Sequence[int]) -> tuple[Found | None, str]:
+    """``((weights, snapshots), "")`` if the entry passes every check - hashes, the snapshots of
+    ``epochs``, a safe load, finite weights - else ``(None, why not)``."""
     from pscl.transfer import load_pretrained
 
+    problem = verify(folder)
+    if problem is not None:
+        return None, problem
+    snapshots = cached_snapshots(folder, epochs)
+    if snapshots is None:
+        return None, "a snapshot is missing"
+    try:
+        return (load_pretrained(folder / "pretrained.pt"), snapshots), ""
+    except PsclError as exc:  # a pickle refused unrun, an unreadable file, non-finite weights
+        return None, str(exc).splitlines()[0]
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename the entry ``folder`` to ``<folder>.broken-<UTC time>`` (kept for inspection); the caller
+    holds its lock. Returns the new name."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = folder.with_name(f"{folder.name}.broken-{stamp}")
+    number = 1
+    while target.exists():  # two repairs within a second
+        target = folder.with_name(f"{folder.name}.broken-{stamp}-{number}")
+        number += 1
+    os.replace(folder, target)
+    return target
+
+
+def _warn_moved(folder: Path, problem: str, aside: Path, then: str) -> None:
+    log.warning("cached pretraining %s is not reused: %s; moved it aside to %s (kept for inspection); %s",
+                folder, problem, aside, then)
+
+
+def lookup(folder: Path, epochs: Sequence[int]) -> Found | None:
+    """The cached weights and snapshots of ``epochs`` if the entry checks out; None otherwise.
+
+    An entry that fails a check is moved aside (with a warning naming both folders) so that this
+    run's pretraining can take its place; the checks are redone under the entry's lock first, so an
+    entry a concurrent run has just completed is reused, never moved.
+    """
     if not folder.exists():
         return None
-    problem = verify(folder)
-    snapshots = cached_snapshots(folder, epochs) if problem is None else None
-    if problem is None and snapshots is None:
-        problem = "a snapshot is missing"
-    if problem is None:
-        try:
-            return load_pretrained(folder / "pretrained.pt"), snapshots
-        except PsclError as exc:
-            problem = str(exc).splitlines()[0]
-    log.warning("cached pretraining %s is not reused: %s; pretraining again", folder, problem)
+    found, problem = _check(folder, epochs)
+    if found is not None:
+        return found
+    try:
+        with file_lock(_lock(folder)):
+            if not folder.exists():  # a concurrent run moved it aside meanwhile
+                return None
+            found, problem = _check(folder, epochs)
+            if found is not None:
+                return found
+            _warn_moved(folder, problem, move_aside(folder),
+                        "pretraining again, and this run's pretraining will take its place")
+    except OSError as exc:  # a read-only cache: the entry stays, this run pretrains
+        log.warning("cached pretraining %s is not reused: %s; it could not be moved aside (%s); pretraining "
+                    "again", folder, problem, exc)
     return None
 
 

@@ -36,8 +36,10 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: E402
 
-from pscl.errors import ConfigError, PsclError  # noqa: E402
-from pscl.integrity import NonFiniteError, atomic_write_text  # noqa: E402
+from pscl.errors import (  # noqa: E402
+    EXIT_CRASH, EXIT_PARTIAL, EXIT_USER_ERROR, ConfigError, DataError, PsclError, crash_message, debugging)
+from pscl.integrity import atomic_write_text  # noqa: E402
+from pscl.runs.quoting import command_arg  # noqa: E402
 
 log = logging.getLogger("pscl.train")
 
@@ -139,18 +141,38 @@ def _resume_checkpoint(cfg: DictConfig, checkpoint_dir: Path | None) -> Path | N
 
     None if Lightning's SLURM plugin left an ``hpc_ckpt_*.ckpt`` (saved on the requeue signal,
     newer than ``last.ckpt``) beside the checkpoint folder: Lightning resumes from that itself.
+    Either file is first read the safe way (:func:`check_resume_checkpoint`), so a truncated or
+    hostile checkpoint is one message with a way out, never a traceback.
     """
     from pscl.callbacks.resume_checkpoint import LAST
 
     if not _resuming(cfg) or checkpoint_dir is None:
         return None
-    if list(checkpoint_dir.parent.glob("hpc_ckpt_*.ckpt")):
+    requeue = sorted(checkpoint_dir.parent.glob("hpc_ckpt_*.ckpt"))
+    if requeue:
+        newest = max(requeue, key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if p.stem.rsplit("_", 1)[-1].isdigit() else -1)
+        check_resume_checkpoint(newest)
         log.info("resuming from Lightning's SLURM checkpoint in %s", checkpoint_dir.parent)
         return None
     if not (checkpoint_dir / LAST).is_file():
         return None
+    check_resume_checkpoint(checkpoint_dir / LAST)
     log.info("resuming from %s", checkpoint_dir / LAST)
     return checkpoint_dir / LAST
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """Raise :class:`~pscl.errors.DataError` if the checkpoint a stage would resume from cannot be read
+    without running code (truncated, not a checkpoint, or needing a pickle); the fix says how to go on."""
+    from pscl.integrity import load_weights
+
+    fix = (f"move it aside (e.g. `mv '{path}' '{path}.broken'`) and resume again: the stage then starts over "
+           "from its beginning in the same run folder (a finished pretraining is kept); or start a new run. "
+           "Never load a checkpoint you do not trust")
+    blob = load_weights(path, fix)
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise DataError("is not a Lightning checkpoint (it has no state_dict), so the stage cannot resume from it",
+                        path, fix)
 
 
 def _keep_earlier_logs(log_root: Path) -> None:
@@ -292,11 +314,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    from pscl.checks import check_config
+    from pscl.checks import check_batch_sizes, check_config
     from pscl.transfer import load_pretrained
 
     started = time.time()
     check_config(cfg)
+    check_batch_sizes(cfg)
     stage = str(cfg.get("stage", "both"))
     if stage not in {"pretrain", "finetune", "both"}:
         raise ConfigError("stage", f"must be pretrain, finetune or both, got {stage!r}")
@@ -566,10 +589,47 @@ def save_run_model(cfg: DictConfig, datamodule: Any, backbone: Any, path: Path) 
                       datamodule.mean, datamodule.std, str(cfg.method.name), config)
 
 
+# overrides a printed fine-tuning command sets itself, or that say where a run went or that it resumed
+_NOT_CARRIED = ("stage", "pretrained_ckpt", "resume")
+
+
+def _run_overrides(output_dir: Path) -> list[str] | None:
+    """The overrides this run was started with (Hydra's task overrides); None outside a Hydra job."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    # a Hydra job that ran earlier in this process leaves its config behind: it must be this run's
+    if Path(str(hydra_cfg.runtime.output_dir)).resolve() != Path(output_dir).resolve():
+        return None
+    return [str(override) for override in hydra_cfg.overrides.task]
+
+
+def _carried(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key not in _NOT_CARRIED and not key.startswith("hydra.")
+
+
+def finetune_command(output_dir: Path, cfg: DictConfig) -> str:
+    """The ``pscl-train`` command that fine-tunes from this run's pretraining: the run's own overrides
+    (so data, backbone and experiment match) with ``stage=finetune`` and ``pretrained_ckpt=`` set, and
+    without the ones that placed or resumed it. Outside a Hydra job (``train(cfg)``) only the method
+    is known."""
+    overrides = _run_overrides(output_dir)
+    # the run's overrides are already Hydra syntax as typed (e.g. data.root='/my data'): shell quoting only
+    kept = ([command_arg(o) for o in overrides if _carried(o)] if overrides is not None
+            else [command_arg(str(cfg.method.name), "method")])
+    weights = output_dir / "pretrain" / "pretrained.pt"
+    return " ".join(["pscl-train", *kept, command_arg("finetune", "stage"),
+                     command_arg(str(weights), "pretrained_ckpt")])
+
+
 def predict_command(output_dir: Path, data_root: str | None) -> str:
-    """The ``pscl-predict`` command that applies this run's model to a folder of micrographs."""
-    images = Path(data_root) / "images" if data_root and (Path(data_root) / "images").is_dir() else "<micrographs>"
-    return f"pscl-predict {output_dir} {images} --out {output_dir / 'predict'}"
+    """The ``pscl-predict`` command that applies this run's model to a folder of micrographs, each
+    path quoted for the shell (its arguments are argparse's, not Hydra's)."""
+    images = Path(data_root) / "images" if data_root and (Path(data_root) / "images").is_dir() else None
+    image_arg = command_arg(str(images)) if images is not None else "<micrographs>"
+    return " ".join(["pscl-predict", command_arg(str(output_dir)), image_arg, "--out",
+                     command_arg(str(output_dir / "predict"))])
 
 
 def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -> None:
@@ -579,9 +639,11 @@ def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -
         return
     if not test:
         if (output_dir / "pretrain" / "pretrained.pt").is_file():
+            note = ""
+            if _run_overrides(output_dir) is None:  # train(cfg) called directly: only the method is known
+                note = "\n  (add the other overrides this run was started with, e.g. data= and backbone=)"
             print(f"pscl: {results['method']} pretraining done; fine-tune with\n"
-                  f"  pscl-train stage=finetune method={results['method']} "
-                  f"pretrained_ckpt={output_dir / 'pretrain' / 'pretrained.pt'}", flush=True)
+                  f"  {finetune_command(output_dir, cfg)}{note}", flush=True)
         return
     lines = [
         f"pscl: {results['method']} with {results['num_labeled']} annotated image(s) "
@@ -628,10 +690,40 @@ def _is_multirun() -> bool:
         return False
 
 
-# exit codes of pscl-train: 0 done, 1 a crash (a bug: please report it), 2 a user error (bad data,
-# config value or option), 3 the training diverged (non-finite loss or weights)
-EXIT_CRASH, EXIT_USER_ERROR, EXIT_DIVERGED = 1, 2, 3
+# exit codes of pscl-train (pscl.errors): 0 done, 1 a crash (a bug: please report it), 2 a user
+# error (bad data, config value, option or file), 3 the training diverged (non-finite loss or weights)
+EXIT_DIVERGED = EXIT_PARTIAL
 _task_started = False
+# a resumed multirun's multirun.yaml as it was: Hydra's sweeper rewrites it, resume must not
+_sweep_record: tuple[Path, bytes] | None = None
+
+
+def _restore_sweep_record() -> None:
+    """Put a resumed multirun's ``multirun.yaml`` back as it was before Hydra rewrote it."""
+    if _sweep_record is None:
+        return
+    path, content = _sweep_record
+    try:
+        if not path.is_file() or path.read_bytes() != content:
+            from pscl.integrity import atomic_write_bytes
+
+            atomic_write_bytes(path, content)
+    except OSError as exc:
+        log.warning("could not restore %s (%s)", path, exc)
+
+
+def _prepare_resumed_job(cfg: DictConfig) -> None:
+    """Before a resumed job trains: its composed config may build pscl's own classes only (the
+    overrides came from a file), and a job that never started gets its ``.hydra/`` record."""
+    from pscl.integrity.configs import check_run_targets
+    from pscl.runs.resume import write_run_record
+
+    _restore_sweep_record()
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_run_targets(OmegaConf.to_container(cfg, resolve=False), output_dir,
+                      "resume only runs that pscl wrote; start a new run instead")
+    if HydraConfig.get().output_subdir is None:
+        write_run_record(output_dir, cfg, list(HydraConfig.get().overrides.task))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://pscl.conf", config_name="train")
@@ -641,24 +733,31 @@ def _hydra_main(cfg: DictConfig) -> float:
 
     global _task_started
     _task_started = True
+    failure: BaseException
     try:
+        if _resuming(cfg) and cfg.get("resume"):
+            _prepare_resumed_job(cfg)
         results = train(cfg)
         return float(results[results["split"]].get(OPTIMISED_METRIC, float("nan")))
-    except NonFiniteError as exc:
-        message, code = str(exc), EXIT_DIVERGED
-    except (PsclError, OmegaConfBaseException) as exc:
-        message, code = _describe(exc), EXIT_USER_ERROR
-    except Exception as exc:  # noqa: BLE001 - any crash of one job must not stop a sweep
-        if not _is_multirun():
-            raise
-        message, code = failure_line(exc), EXIT_CRASH
+    except PsclError as exc:  # a user error (2), or a diverged training (NonFiniteError: 3)
+        failure, message, code = exc, _describe(exc), int(exc.exit_code)
+    except OmegaConfBaseException as exc:
+        failure, message, code = exc, _describe(exc), EXIT_USER_ERROR
+    except Exception as exc:  # noqa: BLE001 - a crash of one job must not stop a sweep, nor print a traceback
+        failure, message, code = exc, failure_line(exc), EXIT_CRASH
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     if not (output_dir / FAILED).is_file():  # failed before train() marked the folder
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output_dir / FAILED, message + "\n\n" + traceback.format_exc())
-    if os.environ.get("PSCL_DEBUG"):
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(output_dir / FAILED, message + "\n\n" + traceback.format_exc())
+        except OSError as exc:
+            log.warning("could not write %s (%s)", output_dir / FAILED, exc)
+    if debugging():
         traceback.print_exc()
-    print(f"pscl-train: error: {message}", file=sys.stderr, flush=True)
+    if code == EXIT_CRASH:
+        print(crash_message("pscl-train", failure), file=sys.stderr, flush=True)
+    else:
+        print(f"pscl-train: error: {message}", file=sys.stderr, flush=True)
     if _is_multirun():
         _failed_runs.append(str(output_dir))
         log.error("run failed (%s): %s", output_dir, message)
@@ -675,16 +774,25 @@ def run_cli() -> int:
     from pscl.checks.folders import check_log_folder
     from pscl.runs.resume import resume_argv
 
-    global _task_started
+    global _task_started, _sweep_record
     _task_started = False
+    _sweep_record = None
     _failed_runs.clear()
     try:
         resumed = resume_argv(sys.argv[1:])
         if resumed is not None:
             sys.argv = [sys.argv[0], *resumed]
             print(f"pscl-train: resuming with: {' '.join(resumed)}", file=sys.stderr, flush=True)
+            sweep = next((a.split("=", 1)[1] for a in resumed if a.startswith("hydra.sweep.dir=")), None)
+            if sweep is not None:
+                from pscl.runs.quoting import unquote_value
+
+                record = Path(unquote_value(sweep)) / "multirun.yaml"
+                _sweep_record = (record, record.read_bytes())
         check_log_folder(sys.argv[1:])
     except PsclError as exc:
+        if debugging():
+            traceback.print_exc()
         print(f"pscl-train: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     try:
@@ -692,6 +800,8 @@ def run_cli() -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_CRASH)
         return EXIT_USER_ERROR if code == EXIT_CRASH and not _task_started else code
+    finally:
+        _restore_sweep_record()
     if _failed_runs:
         print(f"pscl-train: {len(_failed_runs)} run(s) failed; see FAILED in:\n  " + "\n  ".join(_failed_runs),
               file=sys.stderr)
@@ -702,15 +812,16 @@ def run_cli() -> int:
 def main() -> None:
     """``pscl-train`` (via :func:`pscl.cli.train`) and ``python -m pscl.train``; exits non-zero if
     any job of a multirun failed."""
+    from pscl.errors import run_command
     from pscl.perf import configure_allocator
 
     try:
         allocator = configure_allocator()  # may re-execute this command with mimalloc preloaded
     except ValueError as exc:
-        print(f"pscl-train: {exc}", file=sys.stderr)
+        print(f"pscl-train: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = allocator
-    sys.exit(run_cli())
+    sys.exit(run_command("pscl-train", run_cli))
 
 
 if __name__ == "__main__":

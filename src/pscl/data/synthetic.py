@@ -683,8 +683,7 @@ def _fraction_arg(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``pscl-synth``: write the synthetic dataset, optionally a preview and a stats table."""
+def _parser() -> argparse.ArgumentParser:
     default = SyntheticSpec()
     parser = argparse.ArgumentParser(
         prog="pscl-synth", description="Generate the synthetic aluminium-alloy micrograph dataset."
@@ -704,17 +703,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preview", type=Path, help="write a PNG montage of samples here")
     parser.add_argument("--stats", action="store_true", help="print class fractions per group")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first of ``path``'s existing ancestors that is not a folder (so ``path`` cannot be made)."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _path_problem(option: str, path: Path, folder: bool) -> str | None:
+    """Why ``path`` cannot be written as ``option`` (a folder or a file), or None."""
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        return f"{option} {path}: {blocker} is a file, so nothing can be written below it"
+    if folder and path.exists() and not path.is_dir():
+        return f"{option} {path} is a file; pass a folder (it is created if missing)"
+    if not folder and path.is_dir():
+        return f"{option} {path} is a folder; pass the name of a .png file"
+    return None
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject, before any work, an --out or --preview that cannot be written (exit 2)."""
+    for option, path, folder in (("--out", args.out, True), ("--preview", args.preview, False)):
+        problem = None if path is None else _path_problem(option, path, folder)
+        if problem is not None:
+            parser.error(problem)
     try:
         _check_target(args.out)
     except FileExistsError as err:
         parser.error(str(err))
+
+
+def _synth(argv: list[str] | None) -> int:
+    """The body of pscl-synth: check the options, write the dataset, then the stats and preview."""
+    from pscl.errors import DataError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_options(parser, args)
     spec = SyntheticSpec(
         counts=args.counts, size=args.size, seed=args.seed, test_fraction=args.test_fraction
     )
     start = time.perf_counter()
-    write_dataset(args.out, spec, progress=not args.no_progress)
+    try:
+        write_dataset(args.out, spec, progress=not args.no_progress)
+    except OSError as exc:  # no permission, a full or read-only disk: nothing half-written stays
+        raise DataError(
+            f"cannot write the dataset ({exc.strerror or type(exc).__name__})",
+            args.out,
+            "pass --out a folder on a disk you can write, with room for the images",
+        ) from None
     elapsed = time.perf_counter() - start
     n = sum(spec.counts)
     print(
@@ -725,9 +767,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.stats:
         print(stats_table(args.out))
     if args.preview is not None:
-        write_preview(args.out, args.preview)
+        try:
+            write_preview(args.out, args.preview)
+        except OSError as exc:
+            raise DataError(
+                f"cannot write the preview ({exc.strerror or type(exc).__name__}); the dataset "
+                f"itself is complete in {args.out}",
+                args.preview,
+                "pass --preview a .png path you can write",
+            ) from None
         print(f"preview: {args.preview}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pscl-synth``: write the synthetic dataset, optionally a preview and a stats table.
+
+    A bad option exits 2 with one message before anything is written; a problem while writing is
+    one message and exit 2; a crash one line saying it is a bug (exit 1, ``PSCL_DEBUG=1`` for the
+    traceback).
+    """
+    from pscl.errors import run_command
+
+    return run_command("pscl-synth", lambda: _synth(argv))
 
 
 if __name__ == "__main__":

@@ -14,19 +14,41 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pscl.errors import DataError
+
 NOT_GRID_KEYS = ("method", "data.label_seed", "experiment")
 
 
 def grid_point(folder: Path) -> str:
-    """The run's grid point: its Hydra overrides minus method, round and experiment, sorted."""
-    from omegaconf import OmegaConf
+    """The run's grid point: its Hydra overrides minus method, round and experiment, sorted.
 
+    Raises :class:`~pscl.errors.DataError` naming ``.hydra/overrides.yaml`` when it cannot be
+    read or is not a list of overrides: the report then lists that run as unreadable.
+    """
     path = Path(folder) / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return "(no overrides)"
-    overrides = [str(o).lstrip("+~") for o in OmegaConf.load(path)]
+    overrides = [o.lstrip("+~") for o in read_overrides(path)]
     kept = sorted(o for o in overrides if o.split("=", 1)[0] not in NOT_GRID_KEYS)
     return " ".join(kept) if kept else "(defaults)"
+
+
+def read_overrides(path: Path) -> list[str]:
+    """The override strings of a run's ``.hydra/overrides.yaml``, or a DataError naming the file."""
+    from omegaconf import ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    fix = "the file was edited or damaged; restore it from the run's command line, or leave the run out"
+    try:
+        node = OmegaConf.load(path)
+    # OmegaConf.load raises any of these for a file that is unreadable, not UTF-8 or not YAML
+    except (OSError, ValueError, YAMLError, OmegaConfBaseException) as exc:
+        raise DataError(f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", path, fix) from None
+    items = OmegaConf.to_container(node, resolve=False) if isinstance(node, ListConfig) else None
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise DataError("is not a list of overrides (`key=value` strings)", path, fix)
+    return items
 
 
 def grid_rows(records: Sequence[dict[str, Any]], order: Callable[[str], Any] = str) -> list[dict[str, Any]]:

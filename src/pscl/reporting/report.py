@@ -1,7 +1,10 @@
 """``pscl-report``: the results table of one or more multiruns, with plots.
 
 Reads every run folder below the given directories (``metrics.json``, or ``FAILED`` for a run
-that crashed) and writes, into the first directory (or ``--out``):
+that crashed) and writes, into the first directory (or ``--out``), and nowhere else, the files
+below. A run whose files it cannot read (a damaged or foreign ``metrics.json``,
+``.hydra/config.yaml`` or ``.hydra/overrides.yaml``) is listed by name as failed, with the reason,
+and the others are reported; a damaged prediction image is left out with a note.
 
 * ``runs.csv`` - one line per run (method, labels, round, Dice, ACC, per-class Dice, folder);
 * ``results.csv`` and ``results.md`` - per method and label regime: Dice and ACC as mean ± sample
@@ -33,6 +36,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -49,7 +53,7 @@ from pscl.reporting.breakdown import (
     paired_markdown,
     paired_rows,
 )
-from pscl.errors import PsclError
+from pscl.errors import DataError, PsclError, run_command
 from pscl.reporting.grid import grid_markdown, grid_point, grid_rows
 from pscl.reporting.study import (
     plot_pretraining_curve,
@@ -84,53 +88,180 @@ class Run:
     split: str = "test"  # val: a protocol-grid run (test holds its validation metrics)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     probe: dict[str, Any] | None = None
+    point: str | None = None  # the grid point of a validation run (pscl.reporting.grid)
 
     @property
     def failed(self) -> bool:
         return self.error is not None
 
 
-def _from_hydra_config(folder: Path) -> dict[str, Any]:
-    """method / num_labeled / label_seed of a run from its ``.hydra/config.yaml`` (for failed runs)."""
-    from omegaconf import OmegaConf
+def _from_hydra_config(folder: Path) -> tuple[dict[str, Any], str]:
+    """method / num_labeled / label_seed of a run from its ``.hydra/config.yaml`` (for failed runs),
+    and why they are missing (``""`` if they are not); a damaged file costs the facts, not the report."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     path = folder / ".hydra" / "config.yaml"
     if not path.is_file():
+        return {}, ""
+    try:
+        cfg = OmegaConf.load(path)
+        if not isinstance(cfg, DictConfig):
+            return {}, f"its {path.relative_to(folder)} is not a mapping"
+        facts = {"method": OmegaConf.select(cfg, "method.name", default="?"),
+                 "num_labeled": OmegaConf.select(cfg, "data.num_labeled", default="?"),
+                 "label_seed": OmegaConf.select(cfg, "data.label_seed", default=-1)}
+    # OmegaConf raises any of these for a file that is unreadable, not UTF-8, not YAML, or whose
+    # values do not resolve
+    except (OSError, ValueError, YAMLError, OmegaConfBaseException) as exc:
+        return {}, f"its {path.relative_to(folder)} cannot be read ({type(exc).__name__})"
+    return facts, ""
+
+
+class UnreadableRecord(ValueError):
+    """A ``metrics.json`` whose fields are not what pscl-train writes; the message says which."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _need(record: dict[str, Any], key: str, kinds: tuple[type, ...], where: str = "") -> Any:
+    """``record[key]`` if it is one of ``kinds`` (never a bool), else UnreadableRecord."""
+    if key not in record:
+        raise UnreadableRecord(f"no `{where}{key}`")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        names = " or ".join(dict.fromkeys("number" if k in (int, float) else k.__name__ for k in kinds))
+        raise UnreadableRecord(f"`{where}{key}` is {str(value)[:40]!r}, not a {names}")
+    return value
+
+
+def _check_metrics(values: object, where: str, required: tuple[str, ...] = ("dice", "acc")) -> dict[str, Any]:
+    """A mapping holding numbers for the ``required`` metrics and every per-class ``dice_*``."""
+    if not isinstance(values, dict):
+        raise UnreadableRecord(f"`{where}` is not a mapping of metrics")
+    for key in required:
+        _need(values, key, (int, float), f"{where}.")
+    for key, value in values.items():
+        if str(key).startswith("dice_") and not _is_number(value):
+            raise UnreadableRecord(f"`{where}.{key}` is {str(value)[:40]!r}, not a number")
+    return values
+
+
+def _check_points(points: object, where: str, metrics: str | None = None) -> list[Any]:
+    """A list of mappings (periodic test points, or snapshots with their ``metrics`` mapping)."""
+    if points is None:
+        return []
+    if not isinstance(points, list) or not all(isinstance(point, dict) for point in points):
+        raise UnreadableRecord(f"`{where}` is not a list of mappings")
+    for k, point in enumerate(points):
+        if metrics is None:
+            _check_metrics(point, f"{where}[{k}]")
+            continue
+        _need(point, "epoch", (int,), f"{where}[{k}].")
+        _need(point, "steps", (int, float), f"{where}[{k}].")
+        _check_metrics(point.get(metrics), f"{where}[{k}].{metrics}", required=("dice",))  # what the study reads
+        if "probe" in point:
+            _check_probe(point["probe"], f"{where}[{k}].probe")
+    return points
+
+
+def _check_probe(probe: object, where: str) -> Any:
+    if probe is None:
+        return None
+    if not isinstance(probe, dict):
+        raise UnreadableRecord(f"`{where}` is not a mapping")
+    _need(probe, "dice", (int, float), f"{where}.")
+    floor = _need(probe, "random_init", (dict,), f"{where}.")
+    _need(floor, "dice", (int, float), f"{where}.random_init.")
+    return probe
+
+
+def run_from_record(folder: Path, record: Any) -> Run | None:
+    """The finished run ``record`` (a parsed ``metrics.json``) describes; None for a pretraining-only
+    run (nothing to report). Raises UnreadableRecord naming the first field that is not right."""
+    from pscl.runs.state import metrics_problem
+
+    problem = metrics_problem(record)
+    if problem is not None:
+        raise UnreadableRecord(problem)
+    split = record.get("split", "test")
+    method = _need(record, "method", (str,))
+    num_labeled = _need(record, "num_labeled", (int, str))
+    label_seed = _need(record, "label_seed", (int,))
+    if not record[split]:  # a pretraining-only run
+        return None
+    labeled_ids = record.get("labeled_ids") or []
+    if not isinstance(labeled_ids, list) or not all(isinstance(i, str) for i in labeled_ids):
+        raise UnreadableRecord("`labeled_ids` is not a list of image ids")
+    protocol = record.get("protocol", "final")
+    if protocol not in ("final", "paper"):
+        raise UnreadableRecord(f"`protocol` is {str(protocol)[:40]!r}, not final or paper")
+    data_root = record.get("data_root")
+    if data_root is not None and not isinstance(data_root, str):
+        raise UnreadableRecord("`data_root` is not a path")
+    return Run(folder, method, str(num_labeled), label_seed, num_images=len(labeled_ids) or None,
+               labeled_ids=list(labeled_ids), test=_check_metrics(record[split], split),
+               history=_check_points(record.get("test_history"), "test_history"), protocol=protocol,
+               data_root=data_root, split=split,
+               snapshots=_check_points(record.get("snapshots"), "snapshots", metrics=split),
+               probe=_check_probe(record.get("probe"), "probe"))
+
+
+def _facts_of_record(record: object) -> dict[str, Any]:
+    """method / num_labeled / label_seed of an unreadable ``metrics.json``, those of the right type."""
+    if not isinstance(record, dict):
         return {}
-    cfg = OmegaConf.load(path)
-    return {"method": OmegaConf.select(cfg, "method.name", default="?"),
-            "num_labeled": OmegaConf.select(cfg, "data.num_labeled", default="?"),
-            "label_seed": OmegaConf.select(cfg, "data.label_seed", default=-1)}
+    kinds = {"method": (str,), "num_labeled": (int, str), "label_seed": (int,)}
+    return {key: record[key] for key, kind in kinds.items()
+            if isinstance(record.get(key), kind) and not isinstance(record.get(key), bool)}
+
+
+def _not_reported(folder: Path, state: str, detail: str, record: object = None) -> Run:
+    """A failed, unfinished or unreadable run, with what its Hydra config (or else its unreadable
+    ``metrics.json``) says about it."""
+    facts, problem = _from_hydra_config(folder)
+    facts = {**_facts_of_record(record), **facts}
+    seed = facts.get("label_seed", -1)
+    return Run(folder, str(facts.get("method", "?")), str(facts.get("num_labeled", "?")),
+               seed if isinstance(seed, int) and not isinstance(seed, bool) else -1,
+               error="; ".join(text for text in (detail or state, problem) if text), state=state)
+
+
+def _read_run(folder: Path) -> Run | None:
+    """The run in ``folder`` whatever its files hold; None if it is not a run or has nothing to report."""
+    from pscl.runs.state import METRICS, read_state
+
+    state = read_state(folder)
+    if state is None:
+        return None
+    if state.state != "finished":
+        return _not_reported(folder, state.state, state.detail)
+    record = None
+    try:
+        record = json.loads((folder / METRICS).read_bytes().decode("utf-8"))
+        run = run_from_record(folder, record)
+        if run is not None and run.split == "val":
+            run.point = grid_point(folder)
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, or UnreadableRecord
+        why = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return _not_reported(folder, "failed", f"unreadable {METRICS} ({why})", record)
+    except PsclError as exc:  # the grid point's overrides file
+        return _not_reported(folder, "failed", str(exc).splitlines()[0][:300], record)
+    return run
 
 
 def collect_runs(roots: Sequence[Path]) -> list[Run]:
-    """Every run folder below ``roots``: finished (``metrics.json``), failed (``FAILED``, or
-    non-finite metrics) or unfinished (``RUNNING`` only: killed, or still running)."""
-    from pscl.runs.state import FAILED, METRICS, RUNNING, read_state
+    """Every run folder below ``roots``: finished (``metrics.json``), failed (``FAILED``, non-finite
+    metrics, or files the report cannot read: listed by name with the reason) or unfinished
+    (``RUNNING`` only: killed, or still running)."""
+    from pscl.runs.state import FAILED, METRICS, RUNNING
 
-    runs: list[Run] = []
     folders = sorted({p.parent for root in roots for name in (METRICS, FAILED, RUNNING)
                       for p in Path(root).rglob(name)})
-    for folder in folders:
-        state = read_state(folder)
-        if state is None:
-            continue
-        if state.state != "finished":
-            facts = _from_hydra_config(folder)
-            runs.append(Run(folder, str(facts.get("method", "?")), str(facts.get("num_labeled", "?")),
-                            int(facts.get("label_seed", -1)), error=state.detail or state.state, state=state.state))
-            continue
-        record = json.loads((folder / METRICS).read_text())
-        split = record.get("split", "test")
-        if not record.get(split):  # a pretraining-only run: nothing to report
-            continue
-        runs.append(Run(folder, record["method"], str(record["num_labeled"]), int(record["label_seed"]),
-                        num_images=len(record.get("labeled_ids", [])) or None,
-                        labeled_ids=list(record.get("labeled_ids", [])), test=record[split],
-                        history=record.get("test_history", []), protocol=record.get("protocol", "final"),
-                        data_root=record.get("data_root"), split=split,
-                        snapshots=list(record.get("snapshots") or []), probe=record.get("probe")))
-    return runs
+    return [run for run in map(_read_run, folders) if run is not None]
 
 
 def reported_values(run: Run, protocol: str) -> dict[str, float]:
@@ -139,8 +270,8 @@ def reported_values(run: Run, protocol: str) -> dict[str, float]:
         return run.test
     if protocol == "paper":
         if not run.history:
-            raise ValueError(f"{run.folder} has no periodic test evaluations; rerun it with eval=paper "
-                             "or report it with --protocol final")
+            raise DataError("has no periodic test evaluations", run.folder,
+                            "rerun it with eval=paper or report it with --protocol final")
         return max(run.history, key=lambda point: point["dice"])  # first best on ties
     raise ValueError(f"unknown protocol {protocol!r}; use final or paper")
 
@@ -151,7 +282,7 @@ def resolve_protocol(runs: Sequence[Run], protocol: str) -> str:
         return protocol
     recorded = {r.protocol for r in runs if not r.failed}
     if len(recorded) > 1:
-        raise ValueError(f"the runs mix protocols {sorted(recorded)}; pass --protocol final or paper")
+        raise DataError(f"the runs mix protocols {sorted(recorded)}", None, "pass --protocol final or paper")
     return recorded.pop() if recorded else "final"
 
 
@@ -276,9 +407,14 @@ def write_csvs(out: Path, rows: Sequence[dict[str, Any]], runs: Sequence[Run], p
                              "ok", run.folder])
 
 
+def _reported_regimes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The label regimes with at least one finished round (a failed run's ``?`` is none)."""
+    return sorted({row["num_labeled"] for row in rows if row["rounds"]})
+
+
 def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Dice vs number of annotated images per method, with std error bars (needs >= 2 regimes)."""
-    if len({row["num_labeled"] for row in rows}) < 2:
+    if len(_reported_regimes(rows)) < 2:
         return None
     import matplotlib
 
@@ -316,11 +452,38 @@ def _data_index(data_root: str, cache: dict[str, Any]) -> Any:
     return cache[data_root]
 
 
-def image_scores(runs: Sequence[Run], indexes: dict[str, Any]) -> list[ImageScore]:
-    """The foreground Dice of every saved test prediction (the final model of each run)."""
+def read_prediction(path: Path, num_classes: int | None = None) -> Any:
+    """A saved prediction as a 2-D array of class indices, or None (with a note on stderr) if the
+    file is not one: a damaged PNG in a run folder costs that image, not the report."""
     import numpy as np
     from PIL import Image
 
+    from pscl.data.io import image_size
+    from pscl.errors import DataError
+
+    try:
+        image_size(path)  # pscl's pixel limit, from the header: a decompression bomb is never decoded
+        with Image.open(path) as image:
+            prediction = np.asarray(image)
+    except DataError as exc:
+        reason = str(exc).removeprefix(f"{path}: ").replace("\n  fix:", "; fix:")
+        print(f"pscl-report: {path} left out: {reason}", file=sys.stderr)
+        return None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for a damaged file
+        print(f"pscl-report: {path} left out: not a readable image ({type(exc).__name__})", file=sys.stderr)
+        return None
+    if prediction.ndim != 2 or not np.issubdtype(prediction.dtype, np.integer):
+        print(f"pscl-report: {path} left out: not a one-channel image of class indices", file=sys.stderr)
+        return None
+    if num_classes is not None and prediction.size and int(prediction.max()) >= num_classes:
+        print(f"pscl-report: {path} left out: class {int(prediction.max())} is not one of the data folder's "
+              f"{num_classes} classes", file=sys.stderr)
+        return None
+    return prediction
+
+
+def image_scores(runs: Sequence[Run], indexes: dict[str, Any]) -> list[ImageScore]:
+    """The foreground Dice of every saved test prediction (the final model of each run)."""
     from pscl.data.io import read_mask
 
     scores = []
@@ -335,7 +498,9 @@ def image_scores(runs: Sequence[Run], indexes: dict[str, Any]) -> list[ImageScor
             sample = index.samples.get(path.stem)
             if sample is None or sample.mask is None:
                 continue
-            prediction = np.asarray(Image.open(path))
+            prediction = read_prediction(path, num_classes)
+            if prediction is None:
+                continue
             try:
                 truth = read_mask(sample.mask, num_classes, prediction.shape)
             except PsclError as exc:
@@ -373,11 +538,13 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
         if run.num_labeled == smallest:
             chosen.setdefault(run.method, run)
     methods = sorted(chosen, key=_method_key)
-    ids = sorted(p.stem for p in (chosen[methods[0]].folder / "predictions").glob("*.png"))[:num_images]
-    if not ids:
-        return None
     index = _data_index(chosen[methods[0]].data_root, {} if indexes is None else indexes)  # type: ignore[arg-type]
     if index is None:
+        return None
+    # a stray file in predictions/ that names no image of the data folder is not drawn
+    ids = sorted(p.stem for p in (chosen[methods[0]].folder / "predictions").glob("*.png")
+                 if p.stem in index.samples)[:num_images]
+    if not ids:
         return None
     import matplotlib
 
@@ -399,7 +566,8 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
             panels.append(("ground truth", np.zeros((2, 2)), "gray"))
         for method in methods:
             pred = chosen[method].folder / "predictions" / f"{sample_id}.png"
-            panels.append((method, colour(np.asarray(Image.open(pred))) if pred.is_file() else np.zeros((2, 2)), None))
+            picture = read_prediction(pred) if pred.is_file() else None
+            panels.append((method, colour(picture) if picture is not None else np.zeros((2, 2)), None))
         for col, (title, picture, cmap) in enumerate(panels):
             ax = axes[row][col]
             ax.imshow(picture, cmap=cmap)
@@ -419,9 +587,18 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
     return path
 
 
+def _gallery(runs: Sequence[Run], path: Path, num_images: int, indexes: dict[str, Any]) -> Path | None:
+    """:func:`plot_gallery`, or None with a note when a data folder image cannot be drawn."""
+    try:
+        return plot_gallery(runs, path, num_images, indexes)
+    except (PsclError, OSError) as exc:  # a damaged image or mask in the data folder the runs name
+        print(f"pscl-report: gallery.png not drawn: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+
+
 def label_efficiency_note(rows: Sequence[dict[str, Any]]) -> str:
     """Why ``label_efficiency.png`` is absent when only one label regime ran (``""`` otherwise)."""
-    regimes = sorted({row["num_labeled"] for row in rows})
+    regimes = _reported_regimes(rows)
     if len(regimes) != 1:
         return ""
     return (f"`label_efficiency.png` is not drawn: every run used the same label regime "
@@ -449,13 +626,15 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
     out = Path(out) if out is not None else roots[0]
     found = collect_runs(roots)
     if not found:
-        raise FileNotFoundError(f"no runs (metrics.json or FAILED) below {', '.join(map(str, roots))}")
-    out.mkdir(parents=True, exist_ok=True)
+        raise DataError("holds no runs to report (no metrics.json, FAILED or RUNNING below it, or only "
+                        "pretraining-only runs)", ", ".join(map(str, roots)),
+                        "pass the multirun folder printed by pscl-train -m, or a run folder")
+    prepare_out(out)
     grid = [r for r in found if r.split == "val" and not r.failed]
     runs = [r for r in found if r.split != "val"]
     sections = []
     if grid:
-        records = [{"point": grid_point(r.folder), "method": r.method, "label_seed": r.label_seed,
+        records = [{"point": r.point, "method": r.method, "label_seed": r.label_seed,
                     "dice": r.test["dice"]} for r in grid]
         sections.append(grid_markdown(grid_rows(records, _method_key), _method_key))
     written = {"results.md": out / "results.md"}
@@ -484,7 +663,7 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
             write_per_image_csv(out / "per_image.csv", per_image)
             written["per_image.csv"] = out / "per_image.csv"
         for name, made in (("label_efficiency.png", plot_label_efficiency(rows, out / "label_efficiency.png")),
-                           ("gallery.png", plot_gallery(runs, out / "gallery.png", gallery_images, indexes)),
+                           ("gallery.png", _gallery(runs, out / "gallery.png", gallery_images, indexes)),
                            ("pretraining_curve.png", plot_pretraining_curve(study, out / "pretraining_curve.png",
                                                                             supervised, _method_key))):
             if made is not None:
@@ -493,27 +672,57 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def prepare_out(out: Path) -> None:
+    """Create the output folder, or a DataError saying why it cannot hold the report."""
+    fix = "pass --out a folder you can write (it is created if missing)"
+    if out.exists() and not out.is_dir():
+        raise DataError("is a file, not a folder for the report", out, fix)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, a read-only disk
+        raise DataError(f"cannot be created ({exc.strerror or type(exc).__name__})", out, fix) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError("is not writable", out, fix)
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pscl-report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun", nargs="+", type=Path, help="multirun folder(s) of pscl-train -m")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
     parser.add_argument("--protocol", choices=("auto", "final", "paper"), default="auto")
-    parser.add_argument("--gallery-images", type=int, default=3)
+    parser.add_argument("--gallery-images", type=_count, default=3, help="test images in gallery.png (0: none)")
     parser.add_argument("--baseline", default="supervised",
                         help="method each round is compared with in the paired table (default: supervised)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _report(argv: Sequence[str] | None) -> int:
+    """The body of pscl-report: check the folders, write the report, print it."""
+    args = _parser().parse_args(argv)
     for root in args.multirun:
         if not root.is_dir():
-            print(f"pscl-report: {root} is not a folder; pass the multirun folder printed by pscl-train -m", file=sys.stderr)
-            return 2
-    try:
-        written = write_report(args.multirun, args.out, args.protocol, args.gallery_images, args.baseline)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"pscl-report: {exc}", file=sys.stderr)
-        return 2
+            raise DataError("is not a folder", root, "pass the multirun folder printed by pscl-train -m")
+    written = write_report(args.multirun, args.out, args.protocol, args.gallery_images, args.baseline)
     print((written["results.md"]).read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``pscl-report``: 0 when the report is written (failed and unreadable runs listed in it), 2 for a
+    user error (one message), 1 for a crash (one line: a bug); ``PSCL_DEBUG=1`` adds the traceback."""
+    return run_command("pscl-report", lambda: _report(argv))
 
 
 if __name__ == "__main__":

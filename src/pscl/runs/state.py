@@ -52,28 +52,65 @@ def _non_finite(value: object) -> bool:
     return False
 
 
+def metrics_problem(record: object) -> str | None:
+    """Why a parsed ``metrics.json`` is not one pscl-train writes (its outline only), or None.
+
+    The outline: a JSON object whose ``split`` (default ``test``) names a mapping of metrics.
+    :mod:`pscl.reporting.report` checks the fields it reads on top of this.
+    """
+    if not isinstance(record, dict):
+        return f"not a JSON object but a {type(record).__name__}"
+    split = record.get("split", "test")
+    if not isinstance(split, str):
+        return f"`split` is {split!r}, not a name"
+    if not isinstance(record.get(split), dict):
+        return f"no `{split}` metrics (a mapping of metric names to values)"
+    return None
+
+
+def _read_failed(path: Path) -> RunState:
+    text = path.read_text(errors="replace").strip()
+    return RunState("failed", text.splitlines()[0] if text else "failed")
+
+
+def _read_metrics(path: Path) -> RunState:
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 or not JSON
+        return RunState("failed", f"unreadable {METRICS} ({_one_line(exc)})")
+    problem = metrics_problem(record)
+    if problem is not None:
+        return RunState("failed", f"unreadable {METRICS} ({problem})")
+    split = record.get("split", "test")
+    if _non_finite(record[split]):
+        return RunState("failed", f"non-finite {split} metrics (the training diverged)")
+    return RunState("finished")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
 def read_state(folder: Path) -> RunState | None:
     """The state of a run folder; None if it holds none of the three markers (not a run folder).
 
-    ``metrics.json`` whose reported metrics are not finite (written before divergence was caught)
-    counts as failed.
+    ``metrics.json`` that cannot be read, is not of pscl-train's outline (:func:`metrics_problem`),
+    or whose reported metrics are not finite (written before divergence was caught) counts as
+    failed, with the reason as its detail: a broken run folder is reported, never a crash.
     """
     folder = Path(folder)
     failed, metrics, running = folder / FAILED, folder / METRICS, folder / RUNNING
-    if failed.is_file():
-        text = failed.read_text(errors="replace").strip()
-        return RunState("failed", text.splitlines()[0] if text else "failed")
-    if metrics.is_file():
-        try:
-            record = json.loads(metrics.read_text())
-        except (OSError, ValueError) as exc:
-            return RunState("failed", f"unreadable {METRICS} ({exc})")
-        split = record.get("split", "test") if isinstance(record, dict) else "test"
-        if isinstance(record, dict) and _non_finite(record.get(split, {})):
-            return RunState("failed", f"non-finite {split} metrics (the training diverged)")
-        return RunState("finished")
-    if running.is_file():
-        return RunState("unfinished", "RUNNING: still running, or killed; pscl-train resume=<this folder> continues it")
+    try:
+        if failed.is_file():
+            return _read_failed(failed)
+        if metrics.is_file():
+            return _read_metrics(metrics)
+        if running.is_file():
+            return RunState("unfinished",
+                            "RUNNING: still running, or killed; pscl-train resume=<this folder> continues it")
+    except OSError as exc:  # a marker that exists but cannot be read (permissions, I/O error)
+        return RunState("failed", f"unreadable run folder ({_one_line(exc)})")
     return None
 
 
