@@ -140,6 +140,9 @@ MODEL_CASES = [
     ModelCase("non-finite weights", lambda t, m: _write_model(t, state_dict={
         k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in _model_blob(t)["state_dict"].items()}),
         "its weights hold non-finite values"),
+    ModelCase("sparse weights", lambda t, m: _write_model(t, state_dict={
+        k: v.to_sparse() if v.is_floating_point() and v.dim() == 1 else v for k, v in _model_blob(t)["state_dict"].items()}),
+        "a pscl model holds plain dense real tensors"),
     ModelCase("weights not a mapping", lambda t, m: _write_model(t, state_dict=[1, 2]), "holds no network weights"),
     ModelCase("missing entries", lambda t, m: _only_format(t), "lacks the entries"),
     ModelCase("truncated model file", _truncated, "cannot be read as a checkpoint"),
@@ -147,8 +150,9 @@ MODEL_CASES = [
     ModelCase("old run: config reaching torch.hub.load", _old_run_hub, "is not one of the classes pscl builds"),
     ModelCase("old run: config not YAML", lambda t, m: _old_run(t, "backbone: [unclosed\n"),
               "cannot be read as a run config"),
-    ModelCase("old run: interpolation to nothing", lambda t, m: _old_run(t, "backbone:\n  widths: ${nowhere}\n"),
-              "cannot be read as a run config"),
+    ModelCase("old run: interpolation in the backbone", lambda t, m: _old_run(
+        t, "backbone:\n  _target_: pscl.models.unet.UNet\n  widths: ${oc.create:[8,16,16,32]}\n"),
+        "holds an interpolation"),
     ModelCase("old run: no backbone", lambda t, m: _old_run(t, ""), "has no `backbone` section"),
 ]
 
@@ -286,6 +290,9 @@ RESUME_CASES = [
                "is not a list of overrides"),
     ResumeCase("overrides not YAML", lambda r, t, m: (_resumable(r, t), (t / "run" / ".hydra" / "overrides.yaml")
                                                        .write_text("- [unclosed\n"))[0], "cannot be read"),
+    ResumeCase("interpolation building a target",
+               _with_override("logger.csv.name='${oc.create:{_target_:builtins.open,file:{marker},mode:w}}'"),
+               "holds an interpolation"),
     ResumeCase("override Hydra cannot parse", _with_override("data.root=/tmp/ü ü"),
                "holds an override Hydra cannot read"),
     ResumeCase("multirun: launcher setup commands",
@@ -326,6 +333,8 @@ def test_bad_resume_folder(case: ResumeCase, make_folder, tmp_path: Path, monkey
         {k: v for k, v in before.items() if not k.endswith(markers)}  # nothing else was added or changed
     if "ckpt" in case.name:
         assert "move it aside" in err and (folder / "FAILED").is_file()
+    else:  # a refused replay never starts the run: its state is as it was
+        assert not (folder / "FAILED").exists() and after == before
 
 
 def test_resume_accepts_any_path_a_run_can_be_written_to(make_folder, tmp_path: Path, monkeypatch, capsys) -> None:

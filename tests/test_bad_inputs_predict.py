@@ -90,11 +90,13 @@ def _not_a_run(tmp: Path) -> None:
     (tmp / "not_a_run").mkdir()
 
 
-def _existing_export(*names: str) -> Callable[[Path], None]:
+def _existing_export(*names: str, pscl: bool = True) -> Callable[[Path], None]:
+    """Files in ``tmp/exp``; a ``.json`` is pscl-export's contract when ``pscl``, else a user's own file."""
     def prepare(tmp: Path) -> None:
         (tmp / "exp").mkdir()
         for name in names:
-            (tmp / "exp" / name).write_text(f"an earlier {name}")
+            text = json.dumps({"format": "pscl-torchscript/1"}) if pscl and name.endswith(".json") else f"my {name}"
+            (tmp / "exp" / name).write_text(text)
     return prepare
 
 
@@ -156,6 +158,14 @@ CASES = [
          "m.pt: already exists", _existing_export("m.pt")),
     Case("export onto the model it reads, overwrite", "export", ["{model}", "--out", "{model}", "--overwrite"], 2,
          "is the model file"),
+    Case("export over a user's files, overwrite", "export", ["{model}", "--out", "{tmp}/exp/m.pt", "--overwrite"], 2,
+         "is not an earlier pscl-export", _existing_export("m.pt", "m.json", pscl=False)),
+    Case("export over a user's model file alone, overwrite", "export",
+         ["{model}", "--out", "{tmp}/exp/m.pt", "--overwrite"], 2, "is not an earlier pscl-export",
+         _existing_export("m.pt")),
+    Case("export onto a run's own config, overwrite", "export",
+         ["{model}", "--out", "{tmp}/exp/config.yaml", "--overwrite"], 2, "is not an earlier pscl-export",
+         _existing_export("config.yaml")),
     Case("export to a .json name", "export", ["{model}", "--out", "{tmp}/exp/m.json"], 2, "m.json"),
     Case("export to a folder", "export", ["{model}", "--out", "{tmp}/exp"], 2, "is a folder", _existing_export()),
     Case("export of a folder that is not a run", "export", ["{tmp}/not_a_run", "--out", "{tmp}/exp/m.pt"], 2,

@@ -133,6 +133,10 @@ def test_the_overrides_pscl_writes_are_accepted(overrides: list[str], tmp_path: 
     ("hydra.launcher.setup=[touch /tmp/x]", True, "not one a pscl run writes"),
     ("hydra/launcher=../../tmp/evil", True, "not one of pscl's `hydra/launcher` configs"),
     ("hydra.job.env_set.LD_PRELOAD=/tmp/evil.so", True, "not one a pscl run writes"),
+    ("logger.csv.name='${oc.create:{_target_:builtins.open,file:x,mode:w}}'", False, "holds an interpolation"),
+    ("hydra.launcher.timeout_min='${oc.create:{_target_:builtins.open}}'", True, "holds an interpolation"),
+    ("data.class_weights=[1,{_target_:builtins.open}]", False, "holds the key '_target_'"),
+    ("method=choice(simclr,'${oc.env:X}')", False, "holds an interpolation"),
 ])
 def test_overrides_that_could_run_code_are_refused(override: str, hydra_settings: bool, fragment: str,
                                                    tmp_path: Path) -> None:
@@ -153,6 +157,28 @@ def test_teeth_a_saved_target_override_does_build_anything(tmp_path: Path) -> No
     with pytest.raises(Exception):
         hydra.utils.instantiate(cfg.backbone, in_channels=1, num_classes=3)
     assert marker.exists()
+
+
+def test_teeth_an_interpolated_override_value_builds_a_target(tmp_path: Path) -> None:
+    """Replayed without the check, a quoted interpolation in an override's value becomes a node Hydra builds."""
+    import hydra
+
+    marker = tmp_path / "ran"
+    cfg = compose_config(["logger=csv", f"logger.csv.name='${{oc.create:{{_target_:builtins.open,file:{marker},"
+                          "mode:w}}'"], tmp_path / "run")
+    try:
+        hydra.utils.instantiate(cfg.logger.csv)
+    except Exception:  # noqa: BLE001 - the logger may refuse its odd name; the marker is what counts
+        pass
+    assert marker.exists()
+
+
+def test_a_target_nested_too_deep_to_walk_is_refused(tmp_path: Path) -> None:
+    node: dict = {"_target_": "pscl.models.unet.torch.hub.load"}
+    for _ in range(40):
+        node = {"inner": [node]}
+    with pytest.raises(UnsafeConfigError, match="nested more than"):
+        check_run_targets({"trainer": node}, tmp_path, FIX)
 
 
 EXPERIMENTS = ["quick", "table_quick", "pretrain_scaling", "protocol_grid", "table_paper", "paper_pscl_simclr",
@@ -183,3 +209,25 @@ def test_a_composed_config_with_another_target_is_refused(tmp_path: Path) -> Non
     with pytest.raises(UnsafeConfigError, match=r"`method.pretrain.optimizer._target_` is 'pscl.models.unet"):
         check_run_targets(cfg, tmp_path, FIX)
     assert "torch.hub.load" not in " ".join(RUN_TARGETS)
+
+
+def test_resume_folders_are_read_unquoted_by_the_log_folder_check(tmp_path: Path) -> None:
+    """resume= writes an odd run folder Hydra-quoted; the log-folder check reads the folder, not the quotes."""
+    from pscl.checks.folders import log_folder
+    from pscl.runs.quoting import hydra_value
+
+    folder = tmp_path / "jürgen's runs" / "a b"
+    assert log_folder([f"hydra.run.dir={hydra_value(str(folder))}"], {}) == ("hydra.run.dir", folder)
+
+
+def test_the_report_gallery_never_decodes_a_mask_over_the_pixel_limit(tmp_path: Path, monkeypatch, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from pscl.reporting.report import _gallery_mask
+
+    Image.fromarray(np.ones((100, 100), np.uint8)).save(tmp_path / "mask.png")
+    assert _gallery_mask(tmp_path / "mask.png").shape == (100, 100)
+    monkeypatch.setenv("PSCL_MAX_IMAGE_PIXELS", "5000")
+    assert _gallery_mask(tmp_path / "mask.png") is None
+    assert "over the limit of 5000 px" in capsys.readouterr().err

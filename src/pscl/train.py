@@ -166,7 +166,8 @@ def check_resume_checkpoint(path: Path) -> None:
     without running code (truncated, not a checkpoint, or needing a pickle); the fix says how to go on."""
     from pscl.integrity import load_weights
 
-    fix = (f"move it aside (e.g. `mv '{path}' '{path}.broken'`) and resume again: the stage then starts over "
+    fix = (f"move it aside (e.g. `mv {command_arg(str(path))} {command_arg(str(path) + '.broken')}`) and resume "
+           "again: the stage then starts over "
            "from its beginning in the same run folder (a finished pretraining is kept); or start a new run. "
            "Never load a checkpoint you do not trust")
     blob = load_weights(path, fix)
@@ -393,8 +394,15 @@ def _snapshot_point(cfg: DictConfig, datamodule: Any, epoch: int, steps: int, pa
     folder = output_dir / "from_snapshot" / f"epoch_{int(epoch):04d}"
     done = folder / "point.json"
     if _resuming(cfg) and done.is_file():
-        log.info("resuming: the fine-tuning from the epoch-%d snapshot had finished", epoch)
-        return json.loads(done.read_text())
+        try:
+            point = json.loads(done.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # a damaged record: that fine-tuning is redone
+            log.warning("%s cannot be read (%s); the fine-tuning from the epoch-%d snapshot is redone", done, exc, epoch)
+        else:
+            if isinstance(point, dict) and isinstance(point.get(eval_split(cfg)), dict):
+                log.info("resuming: the fine-tuning from the epoch-%d snapshot had finished", epoch)
+                return point
+            log.warning("%s is not a snapshot point; the fine-tuning from the epoch-%d snapshot is redone", done, epoch)
     log.info("pretraining snapshot at epoch %d (%d steps): fine-tuning from it", epoch, steps)
     point = {"epoch": epoch, "steps": steps,
              **evaluate_weights(cfg, datamodule, load_pretrained(path), floor, folder / "checkpoints")}
@@ -720,10 +728,27 @@ def _prepare_resumed_job(cfg: DictConfig) -> None:
 
     _restore_sweep_record()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    check_run_targets(OmegaConf.to_container(cfg, resolve=False), output_dir,
-                      "resume only runs that pscl wrote; start a new run instead")
+    fix = "resume only runs that pscl wrote; start a new run instead"
+    check_run_targets(OmegaConf.to_container(cfg, resolve=False), output_dir, fix)
+    try:  # what Hydra will build is the resolved config: an interpolation may create nodes
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        resolved = None  # it fails the same way when built; nothing of it is built here
+    if resolved is not None:
+        check_run_targets(resolved, output_dir, fix)
     if HydraConfig.get().output_subdir is None:
         write_run_record(output_dir, cfg, list(HydraConfig.get().overrides.task))
+
+
+def _refused_resume(exc: PsclError) -> float:
+    """A resumed job whose saved config was refused: one message, nothing written to its folder."""
+    if debugging():
+        traceback.print_exc()
+    print(f"pscl-train: error: {exc}", file=sys.stderr, flush=True)
+    if _is_multirun():
+        _failed_runs.append(str(HydraConfig.get().runtime.output_dir))
+        return float("nan")
+    sys.exit(int(exc.exit_code))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://pscl.conf", config_name="train")
@@ -734,9 +759,12 @@ def _hydra_main(cfg: DictConfig) -> float:
     global _task_started
     _task_started = True
     failure: BaseException
-    try:
-        if _resuming(cfg) and cfg.get("resume"):
+    if _resuming(cfg) and cfg.get("resume"):
+        try:
             _prepare_resumed_job(cfg)
+        except PsclError as exc:  # a refused resume leaves the run folder as it was: no FAILED over its state
+            return _refused_resume(exc)
+    try:
         results = train(cfg)
         return float(results[results["split"]].get(OPTIMISED_METRIC, float("nan")))
     except PsclError as exc:  # a user error (2), or a diverged training (NonFiniteError: 3)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pscl.errors import ConfigError
+from pscl.runs.quoting import unquote_value
 
 # where the run folder goes, most specific first (conf/hydra/default.yaml, conf/paths/default.yaml)
 FOLDER_OVERRIDES = ("hydra.run.dir", "hydra.sweep.dir", "paths.log_dir", "log_dir")
@@ -25,7 +26,7 @@ def log_folder(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, Pa
     for key in FOLDER_OVERRIDES:
         for arg in argv:
             if arg.lstrip("+").startswith(f"{key}="):
-                value = arg.split("=", 1)[1]
+                value = unquote_value(arg.split("=", 1)[1])  # resume= writes odd paths Hydra-quoted
                 if "${" not in value:
                     return key, Path(value)
     if environ.get("PSCL_LOG_DIR"):

@@ -125,7 +125,10 @@ def check_file_config(config: Any, allowed: Iterable[str], path: Path | str | No
 
 
 def _walk_targets(node: Any, where: str, depth: int = 0) -> Iterable[tuple[str, Any]]:
+    """``(where, target)`` of every ``_target_`` in ``node``; a node nested too deep to walk is
+    reported as a target of its own (Hydra would instantiate at any depth, so it cannot pass)."""
     if depth > _MAX_DEPTH:
+        yield where, f"<nested more than {_MAX_DEPTH} levels deep>"
         return
     if isinstance(node, Mapping):
         for key, value in node.items():
@@ -181,6 +184,33 @@ def _choices(override: Any) -> list[str]:
     return [str(value)]
 
 
+def _check_override_value(value: Any, text: str, path: Path | str, fix: str, depth: int = 0) -> None:
+    """Refuse an override value that could become a node Hydra builds: an interpolation (its
+    resolvers can create nodes, e.g. ``oc.create``) or a mapping with a key Hydra acts on, at any depth."""
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, RangeSweep
+
+    if depth > _MAX_DEPTH:
+        raise _refuse(f"the override {text!r} is nested more than {_MAX_DEPTH} levels deep", path, fix)
+    if isinstance(value, str):
+        if _INTERPOLATION.search(value):
+            raise _refuse(f"the override {text!r} holds an interpolation; a replayed override holds values only",
+                          path, fix)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if str(key).startswith("_"):
+                raise _refuse(f"the override {text!r} holds the key {key!r}, which Hydra would act on", path, fix)
+            _check_override_value(item, text, path, fix, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_override_value(item, text, path, fix, depth + 1)
+    elif isinstance(value, ChoiceSweep):
+        _check_override_value(list(value.list), text, path, fix, depth + 1)
+    elif isinstance(value, Glob):
+        _check_override_value([*value.include, *value.exclude], text, path, fix, depth + 1)
+    elif not (value is None or isinstance(value, (bool, int, float, RangeSweep, IntervalSweep))):
+        raise _refuse(f"the override {text!r} holds a {type(value).__name__}, not a plain value", path, fix)
+
+
 def check_overrides(overrides: Iterable[str], path: Path | str, fix: str, hydra_settings: bool = False) -> None:
     """Raise :class:`UnsafeConfigError` for a saved override that could make Hydra run code.
 
@@ -206,6 +236,7 @@ def check_overrides(overrides: Iterable[str], path: Path | str, fix: str, hydra_
         parts = re.split(r"[./]", key)
         if any(part in HYDRA_SPECIAL_KEYS or part.startswith("_") for part in parts):
             raise _refuse(f"the override {text!r} sets a key Hydra would act on", path, fix)
+        _check_override_value(override.value(), text, path, fix)
         if key in groups:
             unknown = [c for c in _choices(override) if c not in groups[key]]
             if unknown:

@@ -139,6 +139,20 @@ def check_targets(out: Path, overwrite: bool, model: TrainedModel) -> None:
         also = f" (and {existing[1]})" if len(existing) > 1 else ""
         raise DataError(f"already exists{also}; nothing was written", existing[0],
                         "add --overwrite to replace the model file and its .json, or choose another --out")
+    if existing and not _is_export_contract(contract_path(out)):
+        # --overwrite replaces an earlier export only: a pair whose .json is pscl-export's contract
+        raise DataError(f"exists and is not an earlier pscl-export (no pscl contract {contract_path(out).name} "
+                        "beside it); --overwrite replaces only what pscl-export wrote; nothing was written",
+                        existing[0], f"choose another --out, e.g. --out {out.parent / 'export' / 'model.ts.pt'}")
+
+
+def _is_export_contract(path: Path) -> bool:
+    """True when ``path`` is a contract file pscl-export wrote (JSON with its format tag)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == CONTRACT_FORMAT
 
 
 def contract_path(path: Path) -> Path:

@@ -160,7 +160,8 @@ def _run_config(config_file: Path) -> tuple[dict[str, Any], Any]:
         loaded = OmegaConf.load(config_file)
         config = OmegaConf.to_container(loaded, resolve=False)
         backbone = loaded.get("backbone") if isinstance(config, dict) else None
-        backbone_config = OmegaConf.to_container(backbone, resolve=True) if backbone is not None else None
+        # unresolved: an interpolation in a saved backbone config is refused, never resolved
+        backbone_config = OmegaConf.to_container(backbone, resolve=False) if backbone is not None else None
     except (OSError, UnicodeDecodeError, YAMLError, OmegaConfBaseException, ValueError, TypeError) as exc:
         raise DataError(f"cannot be read as a run config ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
                         config_file, fix) from None
@@ -210,6 +211,10 @@ def _tensors(state: Any, path: Path) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise DataError("holds no network weights (its state_dict is not a mapping of names to tensors)", path,
                         _CRAFTED_FIX)
+    odd = next((k for k, v in state.items() if v.layout != torch.strided or v.is_quantized or v.is_complex()), None)
+    if odd is not None:
+        raise DataError(f"holds the weight {odd} as a {state[odd].layout} / {state[odd].dtype} tensor; a pscl model "
+                        "holds plain dense real tensors", path, _CRAFTED_FIX)
     return state
 
 

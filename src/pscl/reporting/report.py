@@ -452,6 +452,24 @@ def _data_index(data_root: str, cache: dict[str, Any]) -> Any:
     return cache[data_root]
 
 
+def _gallery_mask(path: Path) -> Any:
+    """An annotated mask for the gallery, or None (with a note) when it is over the pixel limit or unreadable."""
+    import numpy as np
+    from PIL import Image
+
+    from pscl.data.io import image_size
+    from pscl.errors import DataError
+
+    try:
+        image_size(path)  # pscl's pixel limit, from the header
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (DataError, OSError, ValueError, SyntaxError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"pscl-report: the gallery shows no ground truth for {path}: {reason}", file=sys.stderr)
+        return None
+
+
 def read_prediction(path: Path, num_classes: int | None = None) -> Any:
     """A saved prediction as a 2-D array of class indices, or None (with a note on stderr) if the
     file is not one: a damaged PNG in a run folder costs that image, not the report."""
@@ -550,7 +568,6 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     def colour(classes: np.ndarray) -> np.ndarray:
         return PALETTE[classes % len(PALETTE)]
@@ -560,8 +577,9 @@ def plot_gallery(runs: Sequence[Run], path: Path, num_images: int = 3,
     for row, sample_id in enumerate(ids):
         sample = index.samples[sample_id]
         panels = [("image", read_image(sample.image)[..., 0], "gray")]
-        if sample.mask is not None:
-            panels.append(("ground truth", colour(np.asarray(Image.open(sample.mask))), None))
+        truth = _gallery_mask(sample.mask) if sample.mask is not None else None
+        if truth is not None:
+            panels.append(("ground truth", colour(truth), None))
         else:
             panels.append(("ground truth", np.zeros((2, 2)), "gray"))
         for method in methods:
