@@ -85,7 +85,7 @@ def test_paired_rounds_and_per_image_groups(multirun: Path) -> None:
     table = written["results.md"].read_text()
     # pscl_simclr rounds 0, 1 against supervised (0.5, 0.7): +0.1 and -0.1; round 2 is unpaired
     line = next(x for x in table.splitlines() if x.startswith("| pscl_simclr | 1 | 0.600 | 0.600 | 0.900 |"))
-    assert line.endswith("0.000 | 1 / 2 |")
+    assert line.endswith("0.000 | 1 / 2 | [-0.100, +0.100] |")  # 2 pairs: the interval spans both
     assert "same group" in table and "other groups" in table
     rows = _rows(written["per_image.csv"])
     assert len(rows) == 7 * 2  # 7 finished runs x 2 saved predictions

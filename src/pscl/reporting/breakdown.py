@@ -2,7 +2,8 @@
 
 * **Paired rounds.** Round ``k`` of every method uses the same annotated image(s), so each method
   can be compared with a baseline (``supervised``) round by round: the Dice of each round, the
-  mean difference from the baseline and in how many rounds the method is better. The spread
+  mean difference from the baseline, in how many rounds the method is better, and a paired
+  bootstrap 95 % interval of the mean difference (:mod:`pscl.reporting.stats`). The spread
   between rounds often exceeds the spread between methods; pairing removes it.
 * **Test images by group.** When the data folder assigns groups (``meta.csv``), the Dice of
   each saved test prediction is split by whether the test image shares a group with the
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pscl.data.io import IGNORE_INDEX
+from pscl.reporting.stats import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, paired_bootstrap_ci
 
 
 def regime_order(regime: str) -> tuple[int, int | str]:
@@ -55,12 +57,13 @@ class ImageScore(NamedTuple):
         return self.image_group in self.annotated_groups
 
 
-def paired_rows(scores: Sequence[RoundScore], baseline: str,
-                order: Callable[[str], Any] = str) -> list[dict[str, Any]]:
+def paired_rows(scores: Sequence[RoundScore], baseline: str, order: Callable[[str], Any] = str,
+                bootstrap_seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> list[dict[str, Any]]:
     """Per (regime, method): Dice by round and the differences from ``baseline`` in the same rounds.
 
     Only regimes in which the baseline ran are returned; a round the baseline lacks is left out of
-    the differences.
+    the differences. ``ci`` is the paired bootstrap interval of the mean difference (``None`` for
+    the baseline itself and for fewer than 2 paired rounds).
     """
     by_key: dict[tuple[str, str], dict[int, float]] = {}
     for score in scores:
@@ -78,27 +81,43 @@ def paired_rows(scores: Sequence[RoundScore], baseline: str,
                 "regime": regime, "method": method, "dice_by_round": dict(sorted(dice.items())),
                 "mean_difference": statistics.fmean(differences) if differences and method != baseline else math.nan,
                 "rounds_better": sum(d > 0 for d in differences), "rounds_paired": len(differences),
+                "ci": None if method == baseline else paired_bootstrap_ci(differences, resamples, bootstrap_seed),
             })
     return rows
 
 
-def paired_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
-    """The paired-rounds table as Markdown (empty when the baseline did not run)."""
+def paired_markdown(rows: Sequence[dict[str, Any]], baseline: str, bootstrap_seed: int = 0,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> str:
+    """The paired-rounds table as Markdown (empty when the baseline did not run); ``bootstrap_seed``
+    and ``resamples`` are those :func:`paired_rows` used, named under the table."""
     if not rows:
         return ""
     seeds = sorted({s for row in rows for s in row["dice_by_round"]})
+    level = f"{BOOTSTRAP_LEVEL:.0%}".replace("%", " %")
     lines = [f"Dice of each round, and the difference from `{baseline}` on the same annotated image(s):", "",
              "| method | labels | " + " | ".join(f"round {s}" for s in seeds)
-             + f" | mean difference vs {baseline} | rounds better |",
-             "|---|---|" + "---:|" * (len(seeds) + 2)]
+             + f" | mean difference vs {baseline} | rounds better | {level} CI of the difference |",
+             "|---|---|" + "---:|" * (len(seeds) + 3)]
     for row in rows:
         cells = " | ".join(f"{row['dice_by_round'][s]:.3f}" if s in row["dice_by_round"] else "-" for s in seeds)
         if row["method"] == baseline:
-            tail = "- | -"
+            tail = "- | - | -"
         else:
-            tail = f"{row['mean_difference']:+.3f} | {row['rounds_better']} / {row['rounds_paired']}"
+            tail = (f"{row['mean_difference']:+.3f} | {row['rounds_better']} / {row['rounds_paired']} | "
+                    f"{format_interval(row.get('ci'))}")
         lines.append(f"| {row['method']} | {row['regime']} | {cells} | {tail} |")
+    lines += ["", f"CI: paired bootstrap percentile interval of the mean difference ({resamples:,} "
+              f"resamples of the paired rounds, seed {bootstrap_seed}); – with fewer than 2 paired rounds. With "
+              "a handful of rounds it is narrower than its nominal level: an interval that excludes 0 is a "
+              "hint, not a significance test."]
     return "\n".join(lines) + "\n"
+
+
+def format_interval(interval: tuple[float, float] | None) -> str:
+    """``[low, high]`` with signs, or ``–`` when there is no interval."""
+    if interval is None:
+        return "–"
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
 def image_dice(prediction: np.ndarray, truth: np.ndarray, num_classes: int,

@@ -9,7 +9,8 @@ and the others are reported; a damaged prediction image is left out with a note.
 * ``runs.csv`` - one line per run (method, labels, round, Dice, ACC, per-class Dice, folder);
 * ``results.csv`` and ``results.md`` - per method and label regime: Dice and ACC as mean ± sample
   standard deviation (n - 1) over the rounds, per-class Dice means, the number of rounds, the
-  protocol, and the failed runs;
+  protocol, and the failed runs; with several label regimes also the fraction of the baseline's
+  gap (fewest to most annotated images) each method recovers (:mod:`pscl.reporting.regimes`);
 * ``label_efficiency.png`` - Dice against the number of annotated images, one line per method,
   error bars = the standard deviation (only when several regimes ran);
 * ``gallery.png`` - image | ground truth | each method's prediction, for a few test images;
@@ -22,7 +23,8 @@ and the others are reported; a damaged prediction image is left out with a note.
   holds the grid's validation table instead (:mod:`pscl.reporting.grid`).
 
 ``results.md`` also pairs each method's rounds with the baseline's (``--baseline``, default
-``supervised``) and, when the test images fall into several groups, splits the per-image Dice by
+``supervised``), with a paired bootstrap 95 % interval of the mean difference (``--bootstrap-seed``),
+and, when the test images fall into several groups, splits the per-image Dice by
 whether the test image shares a group with the annotated image(s); see :mod:`pscl.reporting.breakdown`.
 
 Protocols: ``final`` reports each run's final model; ``paper`` the best Dice of the periodic test
@@ -55,6 +57,7 @@ from pscl.reporting.breakdown import (
 )
 from pscl.errors import DataError, PsclError, run_command
 from pscl.reporting.grid import grid_markdown, grid_point, grid_rows
+from pscl.reporting.regimes import regime_markdown, regime_table
 from pscl.reporting.study import (
     plot_pretraining_curve,
     probe_markdown,
@@ -382,16 +385,22 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[Run], protocol: str)
     return "\n".join(lines) + "\n"
 
 
-def write_csvs(out: Path, rows: Sequence[dict[str, Any]], runs: Sequence[Run], protocol: str) -> None:
+def write_csvs(out: Path, rows: Sequence[dict[str, Any]], runs: Sequence[Run], protocol: str,
+               gap: dict[tuple[str, str], float | None] | None = None) -> None:
+    """``results.csv`` and ``runs.csv``; ``gap`` (method, regime) -> gap recovered adds its column
+    (empty where it is undefined), left out when the report cannot compute it."""
     classes = list(dict.fromkeys(c for row in rows for c in row["class_dice"]))
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "num_labeled", "rounds", "failed", "unfinished", "dice_mean", "dice_std", "acc_mean", "acc_std",
-                         *[f"dice_{c}" for c in classes], "protocol", "std"])
+                         *[f"dice_{c}" for c in classes], "protocol", "std", *(["gap_recovered"] if gap is not None else [])])
         for row in rows:
+            # appended last so that readers of the older columns by position are not disturbed
+            recovered = [] if gap is None else [gap.get((row["method"], row["num_labeled"]))]
             writer.writerow([row["method"], row["num_labeled"], row["rounds"], len(row["failed"]), len(row["unfinished"]),
                              row["dice_mean"], row["dice_std"], row["acc_mean"], row["acc_std"],
-                             *[row["class_dice"].get(c, "") for c in classes], protocol, "sample (n-1)"])
+                             *[row["class_dice"].get(c, "") for c in classes], protocol, "sample (n-1)",
+                             *["" if value is None else value for value in recovered]])
     with open(out / "runs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "num_labeled", "label_seed", "dice", "acc", *[f"dice_{c}" for c in classes],
@@ -638,7 +647,7 @@ def _baseline_stats(runs: Sequence[Run], baseline: str, protocol: str) -> tuple[
 
 
 def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str = "auto",
-                 gallery_images: int = 3, baseline: str = "supervised") -> dict[str, Path]:
+                 gallery_images: int = 3, baseline: str = "supervised", bootstrap_seed: int = 0) -> dict[str, Path]:
     """Collect the runs below ``roots`` and write the table files and plots; returns their paths."""
     roots = [Path(r) for r in roots]
     out = Path(out) if out is not None else roots[0]
@@ -659,7 +668,8 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
     if runs:
         protocol = resolve_protocol(runs, protocol)
         rows = summarize(runs, protocol)
-        write_csvs(out, rows, runs, protocol)
+        regimes = regime_table(rows, baseline, _method_key)
+        write_csvs(out, rows, runs, protocol, regimes.gap if regimes is not None else None)
         written.update({"results.csv": out / "results.csv", "runs.csv": out / "runs.csv"})
         rounds = [RoundScore(r.method, r.num_labeled, r.label_seed, reported_values(r, protocol)["dice"])
                   for r in runs if not r.failed]
@@ -673,7 +683,9 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
         study = snapshot_rows(records, _method_key)
         supervised = _baseline_stats(runs, baseline, protocol)
         sections = [repeated_rounds_warning(repeats), markdown(rows, runs, protocol), label_efficiency_note(rows),
-                    paired_markdown(paired_rows(rounds, baseline, _method_key), baseline),
+                    regime_markdown(regimes, baseline),
+                    paired_markdown(paired_rows(rounds, baseline, _method_key, bootstrap_seed), baseline,
+                                    bootstrap_seed),
                     group_markdown(group_rows(per_image, _method_key)),
                     probe_markdown(probe_rows(records, baseline, _method_key), baseline),
                     snapshot_markdown(study, supervised), *sections]
@@ -721,7 +733,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=("auto", "final", "paper"), default="auto")
     parser.add_argument("--gallery-images", type=_count, default=3, help="test images in gallery.png (0: none)")
     parser.add_argument("--baseline", default="supervised",
-                        help="method each round is compared with in the paired table (default: supervised)")
+                        help="method each round is compared with in the paired table, and whose gap the "
+                             "label-regimes table measures (default: supervised)")
+    parser.add_argument("--bootstrap-seed", type=_count, default=0,
+                        help="seed of the paired bootstrap interval (default: 0; the same seed, the same interval)")
     return parser
 
 
@@ -731,7 +746,8 @@ def _report(argv: Sequence[str] | None) -> int:
     for root in args.multirun:
         if not root.is_dir():
             raise DataError("is not a folder", root, "pass the multirun folder printed by pscl-train -m")
-    written = write_report(args.multirun, args.out, args.protocol, args.gallery_images, args.baseline)
+    written = write_report(args.multirun, args.out, args.protocol, args.gallery_images, args.baseline,
+                           args.bootstrap_seed)
     print((written["results.md"]).read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
