@@ -36,7 +36,9 @@ def test_selection_never_opens_the_test_set(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(datamodule_module, "read_image", recording)
     monkeypatch.setattr(MicrographDataModule, "test_dataloader",
                         lambda self: pytest.fail("the test loader was built during protocol selection"))
+    # the recipe's length is in steps (quick: 190), which win over epochs: back to one short epoch
     cfg = compose_config(["experiment=protocol_grid", "method=pscl_simclr", "method.pretrain_epochs=1",
+                          "method.pretrain_steps=null",
                           "finetune.encoder_warmup_epochs=1", "finetune.class_weights=auto", "eval.probe=true",
                           *TINY], tmp_path / "run")
     results = train(cfg)

@@ -3,14 +3,14 @@
 An image-level method (SimCLR, MoCo, BYOL, DenseCL) never looks at the annotated images, so its
 pretraining depends only on its own configuration and the unlabelled pool: five label rounds can
 share one pretraining. :func:`pretraining_key` hashes everything that shapes it - the method's
-pretraining node and epochs, the backbone, the seed, the data settings that define the pool and
-its views (not the label selection or fine-tuning settings), the trainer settings that change
-the computation, the SHA-256 of every pool file (and, for PSCL, of the annotated masks), and the
-pscl version. Weights are stored under
+pretraining node and length (its epochs, or ``method.pretrain_steps`` when set), the backbone,
+the seed, the data settings that define the pool and its views (not the label selection or
+fine-tuning settings), the trainer settings that change the computation, the SHA-256 of every
+pool file (and, for PSCL, of the annotated masks), and the pscl version. Weights are stored under
 ``<cache_dir>/pretrained/<method>-<key>/``. PSCL, whose sampling uses the annotated images, also
 hashes their ids: it is reused only by runs of the same round (e.g. the points of a protocol
-grid). The snapshots of a pretraining-length study (``snapshot_epochs``) are stored beside the
-weights and are part of the key.
+grid). The snapshots of a pretraining-length study (``snapshot_epochs`` or ``snapshot_steps``) are
+stored beside the weights and are part of the key.
 
 An entry can be trusted only as far as it checks out: its files are written atomically under a
 lock, ``entry.json`` (the SHA-256 of each weights file) last, and :func:`lookup` reuses an entry
@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,10 +39,13 @@ import pscl
 from pscl.errors import PsclError
 from pscl.integrity import atomic_write_text, content_hashes, copy_atomic, file_lock, hash_file
 
+if TYPE_CHECKING:  # the callback module imports Lightning, which the cache itself does not need
+    from pscl.callbacks.snapshots import Snapshot
+
 log = logging.getLogger("pscl.pretrain_cache")
 ENTRY_FILE = "entry.json"
 # what a reusable entry yields: the weights, and (epoch, steps, file) of each snapshot
-Found = tuple[dict, list[tuple[int, int, Path]]]
+Found = tuple[dict, list["Snapshot"]]
 
 # data settings that choose or feed the labelled images / fine-tuning only, or say where files live
 NOT_PRETRAINING_DATA_KEYS = frozenset({
@@ -58,13 +61,24 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def _length_entry(cfg: DictConfig) -> dict[str, int]:
+    """``{"pretrain_steps": n}`` when the length is set in optimiser steps (it wins over the epochs,
+    which then change nothing), else ``{"pretrain_epochs": n}``: the key of an epoch-length
+    pretraining is the one it always had."""
+    steps = cfg.method.get("pretrain_steps")
+    if steps is not None:
+        return {"pretrain_steps": int(steps)}
+    return {"pretrain_epochs": int(cfg.method.pretrain_epochs)}
+
+
 def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Sequence[str] | None = None,
-                       snapshot_epochs: Sequence[int] = (), label_files: Sequence[Path] = ()) -> dict[str, Any]:
+                       snapshot_epochs: Sequence[int] = (), label_files: Sequence[Path] = (),
+                       snapshot_steps: Sequence[int] = ()) -> dict[str, Any]:
     """The part of ``cfg`` (plus the pool's contents) that determines the pretrained weights.
 
     ``labeled_ids``: the annotated images, for methods whose pretraining uses them, with
-    ``label_files`` their masks (hashed too); ``snapshot_epochs``: the epochs whose weights are
-    kept too. They enter only when given.
+    ``label_files`` their masks (hashed too); ``snapshot_epochs`` / ``snapshot_steps``: the epochs
+    or optimiser steps whose weights are kept too. They enter only when given.
     """
     data = {k: v for k, v in _plain(cfg.data).items() if k not in NOT_PRETRAINING_DATA_KEYS}
     trainer = _plain(cfg.trainer)
@@ -73,6 +87,8 @@ def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Seque
         extra["labeled_ids"] = sorted(labeled_ids)
     if snapshot_epochs:
         extra["snapshot_epochs"] = sorted(int(e) for e in snapshot_epochs)
+    if snapshot_steps:
+        extra["snapshot_steps"] = sorted(int(s) for s in snapshot_steps)
     if label_files:
         extra["label_files"] = content_hashes(label_files)
     started = time.perf_counter()
@@ -82,7 +98,7 @@ def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Seque
         **extra,
         "method": cfg.method.name,
         "pretrain": _plain(cfg.method.pretrain),
-        "pretrain_epochs": int(cfg.method.pretrain_epochs),
+        **_length_entry(cfg),
         "backbone": _plain(cfg.backbone),
         "seed": int(cfg.seed),
         "data": data,
@@ -163,15 +179,15 @@ def verify(folder: Path) -> str | None:
     return None
 
 
-def _check(folder: Path, epochs: Sequence[int]) -> tuple[Found | None, str]:
+def _check(folder: Path, epochs: Sequence[int], steps: Sequence[int] = ()) -> tuple[Found | None, str]:
     """``((weights, snapshots), "")`` if the entry passes every check - hashes, the snapshots of
-    ``epochs``, a safe load, finite weights - else ``(None, why not)``."""
+    ``epochs`` / ``steps``, a safe load, finite weights - else ``(None, why not)``."""
     from pscl.transfer import load_pretrained
 
     problem = verify(folder)
     if problem is not None:
         return None, problem
-    snapshots = cached_snapshots(folder, epochs)
+    snapshots = cached_snapshots(folder, epochs, steps)
     if snapshots is None:
         return None, "a snapshot is missing"
     try:
@@ -198,8 +214,8 @@ def _warn_moved(folder: Path, problem: str, aside: Path, then: str) -> None:
                 folder, problem, aside, then)
 
 
-def lookup(folder: Path, epochs: Sequence[int]) -> Found | None:
-    """The cached weights and snapshots of ``epochs`` if the entry checks out; None otherwise.
+def lookup(folder: Path, epochs: Sequence[int], steps: Sequence[int] = ()) -> Found | None:
+    """The cached weights and snapshots of ``epochs`` / ``steps`` if the entry checks out; None otherwise.
 
     An entry that fails a check is moved aside (with a warning naming both folders) so that this
     run's pretraining can take its place; the checks are redone under the entry's lock first, so an
@@ -207,14 +223,14 @@ def lookup(folder: Path, epochs: Sequence[int]) -> Found | None:
     """
     if not folder.exists():
         return None
-    found, problem = _check(folder, epochs)
+    found, problem = _check(folder, epochs, steps)
     if found is not None:
         return found
     try:
         with file_lock(_lock(folder)):
             if not folder.exists():  # a concurrent run moved it aside meanwhile
                 return None
-            found, problem = _check(folder, epochs)
+            found, problem = _check(folder, epochs, steps)
             if found is not None:
                 return found
             _warn_moved(folder, problem, move_aside(folder),
@@ -225,19 +241,43 @@ def lookup(folder: Path, epochs: Sequence[int]) -> Found | None:
     return None
 
 
-def cached_snapshots(folder: Path, epochs: Sequence[int]) -> list[tuple[int, int, Path]] | None:
-    """``[(epoch, steps, file)]`` of the cached snapshots of ``epochs``; None if one is missing."""
-    from pscl.callbacks.snapshots import snapshot_path
-    from pscl.transfer import read_meta
+def cached_snapshots(folder: Path, epochs: Sequence[int], steps: Sequence[int] = ()) -> list[Snapshot] | None:
+    """The snapshots of ``epochs`` (``epoch_<e>.pt``) and ``steps`` (``step_<s>.pt``) in
+    ``<folder>/snapshots``, shortest first; None if one is missing or unreadable."""
+    from pscl.callbacks.snapshots import Snapshot, snapshot_path, step_snapshot_path
 
     found = []
     for epoch in sorted(epochs):
         path = snapshot_path(folder / "snapshots", epoch)
-        if not path.is_file():
+        meta = _snapshot_meta(path)
+        if meta is None:
             return None
-        try:
-            steps = int(read_meta(path).get("steps", -1))
-        except PsclError:
+        found.append(Snapshot(int(epoch), _meta_int(meta, "steps", -1), path))
+    for step in sorted(steps):
+        path = step_snapshot_path(folder / "snapshots", step)
+        meta = _snapshot_meta(path)
+        if meta is None or _meta_int(meta, "steps", -1) != int(step):  # not the snapshot of that step
             return None
-        found.append((int(epoch), steps, path))
+        epoch = meta.get("epoch")
+        found.append(Snapshot(epoch if isinstance(epoch, int) else None, int(step), path))
     return found
+
+
+def _snapshot_meta(path: Path) -> dict | None:
+    """The meta of the snapshot file ``path``; None if it is missing or unreadable."""
+    from pscl.transfer import read_meta
+
+    if not path.is_file():
+        return None
+    try:
+        return read_meta(path)
+    except PsclError:
+        return None
+
+
+def _meta_int(meta: dict, key: str, default: int) -> int:
+    """``meta[key]`` as an int; ``default`` if absent or not a number (a foreign or older file)."""
+    try:
+        return int(meta.get(key, default))
+    except (TypeError, ValueError):
+        return default

@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import warnings  # noqa: E402
@@ -40,6 +40,9 @@ from pscl.errors import (  # noqa: E402
     EXIT_CRASH, EXIT_PARTIAL, EXIT_USER_ERROR, ConfigError, DataError, PsclError, crash_message, debugging)
 from pscl.integrity import atomic_write_text  # noqa: E402
 from pscl.runs.quoting import command_arg  # noqa: E402
+
+if TYPE_CHECKING:  # the callbacks are imported where they are used, after the CLI has parsed its options
+    from pscl.callbacks.snapshots import Snapshot
 
 log = logging.getLogger("pscl.train")
 
@@ -91,11 +94,45 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
 @dataclass
 class Pretraining:
     """What a run fine-tunes from: the final pretrained weights, where they came from, and the
-    snapshots of the pretraining-length study (``snapshot_epochs``): ``[(epoch, steps, file)]``."""
+    snapshots of the pretraining-length study (``snapshot_epochs`` / ``snapshot_steps``):
+    ``[(epoch, steps, file)]`` (:class:`pscl.callbacks.snapshots.Snapshot`), shortest first."""
 
     weights: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=lambda: {"reused": False, "key": None, "source": None})
-    snapshots: list[tuple[int, int, Path]] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+
+
+def pretrain_steps(cfg: DictConfig) -> int | None:
+    """``method.pretrain_steps``: the pretraining length in optimiser steps (it wins over
+    ``method.pretrain_epochs``), or None when the length is in epochs. Its range is a
+    :data:`pscl.checks.config.CONFIG_RULES` rule."""
+    steps = cfg.method.get("pretrain_steps")
+    return None if steps is None else int(steps)
+
+
+def pretraining_limits(cfg: DictConfig) -> dict[str, int]:
+    """The pretraining trainer's length: exactly ``method.pretrain_steps`` optimiser steps whatever
+    the pool size (``max_epochs=-1``), else ``method.pretrain_epochs`` epochs."""
+    steps = pretrain_steps(cfg)
+    if steps is not None:
+        return {"max_epochs": -1, "max_steps": steps}
+    return {"max_epochs": int(cfg.method.pretrain_epochs)}
+
+
+def describe_length(cfg: DictConfig) -> str:
+    """The pretraining length for the log, saying which setting won when steps are set."""
+    steps = pretrain_steps(cfg)
+    if steps is None:
+        return f"{int(cfg.method.pretrain_epochs)} epochs"
+    return f"{steps} steps (method.pretrain_steps; method.pretrain_epochs={cfg.method.pretrain_epochs} is not used)"
+
+
+def _one_snapshot_kind(cfg: DictConfig) -> None:
+    """A study counts either epochs or optimiser steps, never both."""
+    if cfg.get("snapshot_epochs") and cfg.get("snapshot_steps"):
+        raise ConfigError("snapshot_steps", f"cannot be combined with snapshot_epochs="
+                          f"{list(cfg.snapshot_epochs)}: a pretraining-length study counts either epochs or steps",
+                          "keep one of them, e.g. snapshot_epochs=[] (with method.pretrain_steps set)")
 
 
 def snapshot_epochs(cfg: DictConfig) -> list[int]:
@@ -103,12 +140,38 @@ def snapshot_epochs(cfg: DictConfig) -> list[int]:
     epochs = list(cfg.get("snapshot_epochs") or [])
     if not epochs:
         return []
+    _one_snapshot_kind(cfg)
+    budget = pretrain_steps(cfg)
+    if budget is not None:  # the pretraining stops at a step count: the final epoch may never end
+        raise ConfigError("snapshot_epochs", f"counts epochs, but method.pretrain_steps={budget} sets the "
+                          "pretraining length in optimiser steps",
+                          f"use snapshot_steps=[...] within [1, {budget}] instead, or method.pretrain_steps=null")
     final = int(cfg.method.pretrain_epochs)
     bad = [e for e in epochs if not isinstance(e, int) or not 1 <= e <= final]
     if bad:
         raise ConfigError("snapshot_epochs", f"must be whole epochs in [1, method.pretrain_epochs={final}], got {bad}",
                           f"e.g. snapshot_epochs=[{max(1, final // 10)},{max(1, final // 3)},{final}]")
     return sorted(set(epochs) | {final})
+
+
+def snapshot_steps(cfg: DictConfig) -> list[int]:
+    """``snapshot_steps`` checked, plus the final step (``method.pretrain_steps``); [] when none is asked for."""
+    steps = list(cfg.get("snapshot_steps") or [])
+    if not steps:
+        return []
+    _one_snapshot_kind(cfg)
+    final = pretrain_steps(cfg)
+    if final is None:
+        whole = [s for s in steps if isinstance(s, int) and not isinstance(s, bool)]
+        raise ConfigError("snapshot_steps", "counts optimiser steps, but method.pretrain_steps is null (the "
+                          "pretraining length is in epochs)",
+                          f"set method.pretrain_steps={max(whole, default=190)} (the total length), "
+                          "or use snapshot_epochs")
+    bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= final]
+    if bad:
+        raise ConfigError("snapshot_steps", f"must be whole optimiser steps in [1, method.pretrain_steps={final}], "
+                          f"got {bad}", f"e.g. snapshot_steps=[{max(1, final // 10)},{max(1, final // 3)},{final}]")
+    return sorted(set(steps) | {final})
 
 
 def build_backbone(cfg: DictConfig, datamodule: Any) -> Any:
@@ -190,18 +253,19 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
 
     Writes ``<run>/pretrain/pretrained.pt`` (encoder + decoder weights), the last pretraining
     checkpoint (with queues, for resuming), ``pretrain/snapshots/epoch_<e>.pt`` for every
-    ``snapshot_epochs`` entry, and the pretraining logs (with ``probe/dice`` every
-    ``probe.every_n_epochs`` epochs).
+    ``snapshot_epochs`` entry (``step_<s>.pt`` for every ``snapshot_steps`` entry), and the
+    pretraining logs (with ``probe/dice`` every ``probe.every_n_epochs`` epochs). The length is
+    ``method.pretrain_steps`` optimiser steps when set, else ``method.pretrain_epochs`` epochs.
     """
     from pscl.callbacks.divergence import StopOnDivergence
     from pscl.callbacks.probe import OnlineProbe
     from pscl.callbacks.random_state import RandomState
     from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
-    from pscl.callbacks.snapshots import PretrainSnapshots
+    from pscl.callbacks.snapshots import PretrainSnapshots, StepSnapshots
     from pscl.transfer import save_pretrained
 
     stage_dir = output_dir / "pretrain"
-    epochs = snapshot_epochs(cfg)
+    epochs, steps = snapshot_epochs(cfg), snapshot_steps(cfg)
     backbone = build_backbone(cfg, datamodule)
     module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes)
     datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size),
@@ -210,9 +274,9 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     every_n_epochs = int(OmegaConf.select(cfg, "checkpoint.pretrain_every_n_epochs", default=5))
     callbacks: list[Any] = [ResumeCheckpoint(stage_dir / "checkpoints", every_n_epochs),
                             StopOnDivergence("pretraining", stage_dir / "checkpoints"), RandomState()]
-    snapshots = PretrainSnapshots(epochs, stage_dir / "snapshots", {"method": cfg.method.name})
-    if epochs:
-        callbacks.append(snapshots)
+    by_epoch = PretrainSnapshots(epochs, stage_dir / "snapshots", {"method": cfg.method.name})
+    by_step = StepSnapshots(steps, stage_dir / "snapshots", {"method": cfg.method.name})
+    callbacks.extend(snapshots for snapshots, wanted in ((by_epoch, epochs), (by_step, steps)) if wanted)
     every = int((cfg.get("probe") or {}).get("every_n_epochs") or 0)
     if every < 0:
         raise ConfigError("probe.every_n_epochs", f"must be >= 0 (0 = no online probe), got {every}")
@@ -225,20 +289,21 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     if resume_from is not None:
         _keep_earlier_logs(stage_dir)
     loggers = _instantiate_dict(cfg.get("logger"), save_dir=str(stage_dir))
-    trainer = instantiate(cfg.trainer, max_epochs=int(cfg.method.pretrain_epochs), logger=loggers or False,
+    trainer = instantiate(cfg.trainer, **pretraining_limits(cfg), logger=loggers or False,
                           callbacks=callbacks, limit_val_batches=0, default_root_dir=str(stage_dir))
-    log.info("pretraining %s for %d epochs", cfg.method.name, int(cfg.method.pretrain_epochs))
+    log.info("pretraining %s for %s", cfg.method.name, describe_length(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     datamodule.use_pretraining(None)
     state = module.transferable_state_dict()
     if trainer.is_global_zero and not trainer.fast_dev_run:  # debug=fast_dev_run saves nothing
         save_pretrained(state, stage_dir / "pretrained.pt",
                         {"method": cfg.method.name, "labeled_ids": list(datamodule.labeled_ids)})
-    saved = [(epoch, steps, path) for epoch, (path, steps) in sorted(snapshots.saved.items())]
+    saved = [*by_epoch.snapshots(), *by_step.snapshots()]  # one of them is empty
     return Pretraining(state, {"reused": False, "key": None, "source": str(stage_dir / "pretrained.pt")}, saved)
 
 
-def _finished_pretraining(cfg: DictConfig, output_dir: Path, epochs: list[int]) -> Pretraining | None:
+def _finished_pretraining(cfg: DictConfig, output_dir: Path, epochs: list[int],
+                          steps: list[int]) -> Pretraining | None:
     """When resuming: the run folder's own finished pretraining (``pretrain/pretrained.pt`` and its
     snapshots), which is never redone; None if it did not finish."""
     from pscl.pretrain_cache import cached_snapshots
@@ -247,7 +312,7 @@ def _finished_pretraining(cfg: DictConfig, output_dir: Path, epochs: list[int]) 
     weights_file = output_dir / "pretrain" / "pretrained.pt"
     if not _resuming(cfg) or not weights_file.is_file():
         return None
-    snapshots = cached_snapshots(weights_file.parent, epochs)  # the run folder has the cache entry's layout
+    snapshots = cached_snapshots(weights_file.parent, epochs, steps)  # the run folder has the cache entry's layout
     if snapshots is None:
         return None
     log.info("resuming: the pretraining in %s had finished; it is not redone", weights_file.parent)
@@ -265,16 +330,17 @@ def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pre
 
     module_class = hydra.utils.get_class(cfg.method.pretrain._target_)
     labeled = list(datamodule.labeled_ids) if module_class.uses_labels else None
-    epochs = snapshot_epochs(cfg)
+    epochs, steps = snapshot_epochs(cfg), snapshot_steps(cfg)
     label_files = datamodule.labeled_mask_files() if labeled else ()
-    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, epochs, label_files)
+    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, epochs, label_files,
+                                               steps)
     key = pretrain_cache.pretraining_key(config)
     folder = pretrain_cache.cache_folder(cfg.paths.cache_dir, cfg.method.name, key)
-    finished = _finished_pretraining(cfg, output_dir, epochs)
+    finished = _finished_pretraining(cfg, output_dir, epochs, steps)
     if finished is not None:
         finished.info["key"] = key
         return finished
-    cached = pretrain_cache.lookup(folder, epochs) if cfg.get("reuse_pretraining", True) else None
+    cached = pretrain_cache.lookup(folder, epochs, steps) if cfg.get("reuse_pretraining", True) else None
     if cached is not None:
         log.info("reusing pretraining %s-%s from %s (same pretraining config and pool contents%s; "
                  "reuse_pretraining=false redoes it)", cfg.method.name, key, folder,
@@ -290,7 +356,7 @@ def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pre
     result.info["key"] = key
     if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
         pretrain_cache.store(folder, output_dir / "pretrain" / "pretrained.pt", config,
-                             [path for _, _, path in result.snapshots])
+                             [snapshot.path for snapshot in result.snapshots])
     return result
 
 
@@ -363,8 +429,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         probing = bool((cfg.get("eval") or {}).get("probe", False))
         floor = _random_init_probe(cfg, datamodule, split) if probing else None
         points = []
-        for epoch, steps, path in pretraining.snapshots[:-1]:  # shorter pretrainings first; the final one last
-            points.append(_snapshot_point(cfg, datamodule, epoch, steps, path, floor, output_dir))
+        for snapshot in pretraining.snapshots[:-1]:  # shorter pretrainings first; the final one last
+            points.append(_snapshot_point(cfg, datamodule, snapshot, floor, output_dir))
         from pscl.predict.model import MODEL_FILE
 
         final = evaluate_weights(cfg, datamodule, pretraining.weights, floor, model_file=output_dir / MODEL_FILE)
@@ -385,27 +451,30 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _snapshot_point(cfg: DictConfig, datamodule: Any, epoch: int, steps: int, path: Path,
-                    floor: dict[str, Any] | None, output_dir: Path) -> dict[str, Any]:
-    """Fine-tune (and probe) from one pretraining snapshot in ``<run>/from_snapshot/epoch_<e>/``;
-    its result is kept there (``point.json``), so a resumed run does not redo it."""
+def _snapshot_point(cfg: DictConfig, datamodule: Any, snapshot: Snapshot, floor: dict[str, Any] | None,
+                    output_dir: Path) -> dict[str, Any]:
+    """Fine-tune (and probe) from one pretraining snapshot in ``<run>/from_snapshot/epoch_<e>/`` or
+    ``<run>/from_snapshot/step_<s>/`` (the snapshot file's name); its result is kept there
+    (``point.json``), so a resumed run does not redo it."""
     from pscl.transfer import load_pretrained
 
-    folder = output_dir / "from_snapshot" / f"epoch_{int(epoch):04d}"
+    folder = output_dir / "from_snapshot" / snapshot.path.stem
     done = folder / "point.json"
     if _resuming(cfg) and done.is_file():
         try:
             point = json.loads(done.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # a damaged record: that fine-tuning is redone
-            log.warning("%s cannot be read (%s); the fine-tuning from the epoch-%d snapshot is redone", done, exc, epoch)
+            log.warning("%s cannot be read (%s); the fine-tuning from the %s snapshot is redone", done, exc,
+                        snapshot.label)
         else:
             if isinstance(point, dict) and isinstance(point.get(eval_split(cfg)), dict):
-                log.info("resuming: the fine-tuning from the epoch-%d snapshot had finished", epoch)
+                log.info("resuming: the fine-tuning from the %s snapshot had finished", snapshot.label)
                 return point
-            log.warning("%s is not a snapshot point; the fine-tuning from the epoch-%d snapshot is redone", done, epoch)
-    log.info("pretraining snapshot at epoch %d (%d steps): fine-tuning from it", epoch, steps)
-    point = {"epoch": epoch, "steps": steps,
-             **evaluate_weights(cfg, datamodule, load_pretrained(path), floor, folder / "checkpoints")}
+            log.warning("%s is not a snapshot point; the fine-tuning from the %s snapshot is redone", done,
+                        snapshot.label)
+    log.info("pretraining snapshot at %s: fine-tuning from it", snapshot.description)
+    point = {"epoch": snapshot.epoch, "steps": snapshot.steps,
+             **evaluate_weights(cfg, datamodule, load_pretrained(snapshot.path), floor, folder / "checkpoints")}
     if rank_zero_only.rank == 0 and not cfg.trainer.get("fast_dev_run"):
         atomic_write_text(done, json.dumps(point, indent=2))
     return point
@@ -662,10 +731,12 @@ def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -
         probe = results["probe"]
         lines.append(f"  probe Dice {probe['dice']:.4f} (frozen network, linear per pixel; random init "
                      f"{probe['random_init']['dice']:.4f})")
+    by_steps = bool(cfg.get("snapshot_steps"))
     for point in results.get("snapshots", [])[:-1]:
         probe_text = f"   probe Dice {point['probe']['dice']:.4f}" if "probe" in point else ""
-        lines.append(f"  from pretraining epoch {point['epoch']} ({point['steps']} steps): "
-                     f"{split} Dice {point[split]['dice']:.4f}{probe_text}")
+        where = (f"step {point['steps']} (epoch {point['epoch']})" if by_steps
+                 else f"epoch {point['epoch']} ({point['steps']} steps)")
+        lines.append(f"  from pretraining {where}: {split} Dice {point[split]['dice']:.4f}{probe_text}")
     if "predictions" in (cfg.get("callbacks") or {}):
         lines.append(f"  predictions: {cfg.callbacks.predictions.dirpath}")
     if "tensorboard" in (cfg.get("logger") or {}):

@@ -77,6 +77,8 @@ def _rules() -> tuple[Rule, ...]:
         Rule("data.val_fraction", float, 0, 1, high_open=True),
         Rule("trainer.max_epochs", **positive_int),
         Rule("method.pretrain_epochs", **positive_int, only_if="method.pretrain"),
+        # null: the length is method.pretrain_epochs; set, it wins over them
+        Rule("method.pretrain_steps", **positive_int, nullable=True, only_if="method.pretrain"),
         # lightly's losses refuse |temperature| < 1e-8; below 1e-3 the logits overflow anyway
         Rule("method.temperature", float, 1e-3, 100),
         Rule("method.global_local_ratio", **fraction),
