@@ -9,6 +9,11 @@ Each (configuration, variant, mode) runs in its own process so that peak RSS is 
 
 Usage: ``python benchmarks/pretrain_step.py [--configs paper,quick] [--steps 3] [--json out.json]``
 (``make bench`` writes ``benchmarks/results.json`` and the table in ``docs/performance.md``).
+Precision: fp32 for every configuration, and also bf16 autocast for the configurations in
+``BF16_CONFIGS`` (quick), unless ``--precision`` names the precisions of every configuration
+(``fp32``, ``bf16`` or ``fp32,bf16``). bf16 rows run the forward pass (the training step, or the
+bare networks' forward and their trivial loss) under ``torch.autocast(<device>, bfloat16)``, as
+``trainer.precision=bf16-mixed`` does; backward and the Adam step run outside autocast.
 On a GPU: ``--device cuda --precision fp32,bf16`` times CUDA-synchronised steps in fp32 and in
 bf16 autocast and reports the peak GPU memory (``torch.cuda.max_memory_allocated``).
 ``PSCL_BENCH_PROFILE=1 ... --one quick moco pscl fp32`` prints where one more step's time goes, by
@@ -40,6 +45,16 @@ CONFIGS = {
     "paper_lowmem": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256), "backbone": {"checkpoint_blocks": "all"}},
 }
 TOP_K = {"simclr": 4, "moco": 30}
+# configurations that make bench (no --precision) also times in bf16 autocast, besides fp32
+BF16_CONFIGS = ("quick",)
+
+
+def precisions_of(config: str, requested: str | None) -> list[str]:
+    """The precisions to time ``config`` in: ``requested`` (comma-separated) for every
+    configuration, or by default fp32 and, for ``BF16_CONFIGS``, bf16."""
+    if requested:
+        return requested.split(",")
+    return ["fp32", "bf16"] if config in BF16_CONFIGS else ["fp32"]
 
 
 def _batch(module, size: int, unlabeled: int, seed: int = 0) -> dict:
@@ -98,6 +113,9 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     """Time ``steps`` steps after one warm-up step in this process; report seconds and peak memory."""
     import torch
 
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    bf16 = precision == "bf16" or bool(os.environ.get("PSCL_BENCH_BF16"))
     spec = CONFIGS[config]
     module = build_module(config, variant)
     compile_seconds = None
@@ -110,8 +128,13 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     module.to(device)
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
 
+    def forward_precision():
+        """The forward pass's context: bf16 autocast on the device (as Lightning's bf16-mixed), or none."""
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
     def pscl_step() -> None:
-        loss = module.training_step(batch, 0)
+        with forward_precision():
+            loss = module.training_step(batch, 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -120,25 +143,20 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     x1 = torch.cat([batch["labeled"]["x1"], batch["unlabeled"]["x1"]])
 
     def bare_step() -> None:
-        out0 = module.backbone.forward_features(x0)
-        if variant == "moco":
-            with torch.no_grad():
-                out1 = module.backbone_momentum.forward_features(x1)
-            loss = sum(f.mean() for f in out0["decoder"]) + out0["bottleneck"].mean() + 0 * out1["bottleneck"].mean()
-        else:
-            out1 = module.backbone.forward_features(x1)
-            loss = sum(f.mean() for f in out0["decoder"] + out1["decoder"])
+        with forward_precision():
+            out0 = module.backbone.forward_features(x0)
+            if variant == "moco":
+                with torch.no_grad():
+                    out1 = module.backbone_momentum.forward_features(x1)
+                loss = sum(f.mean() for f in out0["decoder"]) + out0["bottleneck"].mean() + 0 * out1["bottleneck"].mean()
+            else:
+                out1 = module.backbone.forward_features(x1)
+                loss = sum(f.mean() for f in out0["decoder"] + out1["decoder"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     step = pscl_step if mode == "pscl" else bare_step
-    if precision == "bf16" or os.environ.get("PSCL_BENCH_BF16"):
-        inner = step
-
-        def step() -> None:
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-                inner()
     cuda = torch.device(device).type == "cuda"
 
     def synchronise() -> None:
@@ -163,7 +181,7 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     gpu = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": torch.cuda.get_device_name()} if cuda else {}
     return {
         "config": config, "variant": variant, "mode": mode, "steps": steps, "device": device,
-        "precision": precision, **gpu, "compile_seconds": compile_seconds,
+        "precision": "bf16" if bf16 else precision, **gpu, "compile_seconds": compile_seconds,
         "seconds_per_step": sum(times) / len(times), "min_seconds": min(times),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
@@ -233,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("PSCL_ALLOCATOR", "mimalloc"),
                         help="memory allocator of the timed processes (pscl.perf; default: as pscl-train)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--precision", default="fp32", help="fp32, bf16 (autocast) or both: fp32,bf16")
+    parser.add_argument("--precision", default=None,
+                        help="fp32, bf16 (autocast) or both: fp32,bf16, for every configuration (default: fp32, "
+                             f"and also bf16 for {','.join(BF16_CONFIGS)})")
     parser.add_argument("--one", nargs=4, metavar=("CONFIG", "VARIANT", "MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ["PSCL_ALLOCATOR"] = args.allocator
@@ -247,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for config in args.configs.split(","):
         for variant in args.variants.split(","):
-            for precision in args.precision.split(","):
+            for precision in precisions_of(config, args.precision):
                 for mode in ("bare", "pscl"):
                     proc = subprocess.run([sys.executable, __file__, "--one", config, variant, mode, precision,
                                            "--steps", str(args.steps), "--allocator", args.allocator,

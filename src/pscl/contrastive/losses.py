@@ -7,6 +7,11 @@ which tensors to pass. Notation: ``t`` is the temperature, ``D`` the feature dim
 Deliberate departures from the authors' code (spec section 11) are marked "fix" in the docstrings:
 soft targets can be normalised per row (11.7), prototypes are L2-normalised (11.6), and unwritten queue
 entries can be excluded from the softmax (11.6, via ``bank_valid``).
+
+Precision: the losses compute in float32 also under autocast (``trainer.precision=bf16-mixed``):
+half-precision inputs are lifted to float32 and autocast is switched off inside them
+(:func:`pscl.contrastive.precision.float32_under_autocast`), so their products and log-sum-exps
+are not recast to bf16. In an fp32 run neither step does anything.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.utils import dist as lightly_dist
 from torch import Tensor
+
+from pscl.contrastive.precision import float32_under_autocast
 
 __all__ = [
     "class_masked_nt_xent",
@@ -38,7 +45,8 @@ def _distributed() -> bool:
 
 def _working_dtype(x: Tensor) -> Tensor:
     """Half-precision inputs (AMP) are lifted to float32: logits / 0.5 and logsumexp over ~2,000 columns
-    lose too much in bf16. float32/float64 pass through unchanged."""
+    lose too much in bf16. float32/float64 pass through unchanged. (The functions that use it also
+    switch autocast off, which would otherwise recast their products to bf16.)"""
     if x.dtype in (torch.float16, torch.bfloat16):
         return x.float()
     return x
@@ -61,6 +69,7 @@ def gather(x: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+@float32_under_autocast
 def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather_distributed: bool = False) -> Tensor:
     """Image-level SimCLR loss (spec 5.1) -> scalar.
 
@@ -81,6 +90,7 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather_distributed
     return criterion(_working_dtype(z0), _working_dtype(z1))
 
 
+@float32_under_autocast
 def class_masked_nt_xent(
     p0: Tensor,
     p1: Tensor,
@@ -133,6 +143,7 @@ def class_masked_nt_xent(
     return (denominator - positive).mean()
 
 
+@float32_under_autocast
 def soft_contrastive_loss(
     q: Tensor,
     k: Tensor,
@@ -225,6 +236,7 @@ def soft_contrastive_loss(
     return row_loss.mean()
 
 
+@float32_under_autocast
 def queue_info_nce(q: Tensor, k: Tensor, bank: Tensor, temperature: float = 0.2,
                    bank_valid: Tensor | None = None) -> Tensor:
     """MoCo's InfoNCE: each query's positive is its own key, the negatives are the queue -> scalar.
@@ -292,6 +304,7 @@ def _decay_power(decay: float, age: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.pow(torch.tensor(decay, dtype=torch.float64, device=age.device), exponent).to(dtype)
 
 
+@float32_under_autocast
 def class_prototypes(key_patches: Tensor, weights: Tensor) -> Tensor:
     """Per-image class prototypes: key_patches (B, C, K, D), weights (C, K) >= 0 -> (B, C, D).
 
@@ -305,6 +318,7 @@ def class_prototypes(key_patches: Tensor, weights: Tensor) -> Tensor:
             "expected key_patches (B, C, K, D) and weights (C, K), "
             f"got {tuple(key_patches.shape)} and {tuple(weights.shape)}"
         )
+    key_patches = _working_dtype(key_patches)  # bf16 keys (autocast) give float32 prototypes
     weights = weights.to(key_patches)
     total = weights.sum(dim=1, keepdim=True)  # (C, 1)
     uniform = torch.full_like(weights, 1.0 / weights.shape[1])

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pscl.contrastive.precision import autocast_off
+
 __all__ = [
     "label_guided_sample",
     "random_sample",
@@ -416,9 +418,14 @@ def _cells_major_similarity(unit_templates: Tensor, candidates: Tensor) -> Tenso
     Computed as the (L, T) product and returned as its transposed view: on the CPU this layout of
     the product is twice as fast (measured, docs/performance.md), and its values are the same dot
     products.
+
+    Always float32: the features are lifted to float32 and autocast is off for the product, so a
+    bf16 run (``trainer.precision=bf16-mixed``) matches on float32 similarities of its (bf16)
+    features instead of on bf16-rounded products. In an fp32 run both steps change nothing.
     """
-    unit_candidates = _unit_rows(candidates).to(unit_templates.device)
-    return (unit_candidates @ unit_templates.T).T
+    with autocast_off(unit_templates.device):
+        unit_candidates = _unit_rows(candidates).to(unit_templates.device)
+        return (unit_candidates @ unit_templates.float().T).T
 
 
 def _match_unit(unit_templates: Tensor, candidates: Tensor, list_size: int) -> Tensor:
@@ -443,7 +450,7 @@ def similarity_guided_sample(templates: Tensor, candidates: Tensor, *, list_size
     Cosine similarity; greedy maximum-weight matching (see module docstring for the exact rule).
     """
     _check_pair(templates, candidates)
-    with torch.no_grad():
+    with torch.no_grad(), autocast_off(templates.device):  # float32 matching under autocast
         return _match_unit(_unit_rows(templates), candidates, list_size)
 
 
@@ -477,7 +484,7 @@ def similarity_guided_sample_batch(
         _check_pair(templates, cand)
     if not candidates:
         return []
-    with torch.no_grad():
+    with torch.no_grad(), autocast_off(templates.device):  # float32 matching under autocast
         unit_templates = _unit_rows(templates)
         num_templates = unit_templates.shape[0]
         if num_templates == 0:
