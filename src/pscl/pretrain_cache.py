@@ -61,6 +61,16 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def _data_entry(cfg: DictConfig) -> dict[str, Any]:
+    """The data settings that shape pretraining. ``normalisation`` changes the views, so it is
+    one; at its default (``dataset``, what every run used before it existed) it is left out, so
+    the keys of the entries already in a cache stay what they were."""
+    data = {k: v for k, v in _plain(cfg.data).items() if k not in NOT_PRETRAINING_DATA_KEYS}
+    if data.get("normalisation") == "dataset":
+        del data["normalisation"]
+    return data
+
+
 def _length_entry(cfg: DictConfig) -> dict[str, int]:
     """``{"pretrain_steps": n}`` when the length is set in optimiser steps (it wins over the epochs,
     which then change nothing), else ``{"pretrain_epochs": n}``: the key of an epoch-length
@@ -80,7 +90,7 @@ def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Seque
     ``label_files`` their masks (hashed too); ``snapshot_epochs`` / ``snapshot_steps``: the epochs
     or optimiser steps whose weights are kept too. They enter only when given.
     """
-    data = {k: v for k, v in _plain(cfg.data).items() if k not in NOT_PRETRAINING_DATA_KEYS}
+    data = _data_entry(cfg)
     trainer = _plain(cfg.trainer)
     extra: dict[str, Any] = {}
     if labeled_ids is not None:

@@ -663,7 +663,8 @@ def save_run_model(cfg: DictConfig, datamodule: Any, backbone: Any, path: Path) 
     except OmegaConfBaseException:  # an interpolation that only resolves inside a Hydra job
         config = OmegaConf.to_container(cfg, resolve=False)
     return save_model(path, backbone, OmegaConf.to_container(cfg.backbone, resolve=True), datamodule.class_names,
-                      datamodule.mean, datamodule.std, str(cfg.method.name), config)
+                      datamodule.mean, datamodule.std, str(cfg.method.name), config,
+                      normalisation=datamodule.normalisation)
 
 
 # overrides a printed fine-tuning command sets itself, or that say where a run went or that it resumed

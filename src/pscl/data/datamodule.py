@@ -14,6 +14,11 @@ annotated subset of the round (``num_labeled``, ``label_seed``) and serves
 
 The data module knows nothing about methods: what a pretraining item holds is decided by the
 ``views`` callable a pretraining method hands to :meth:`unlabeled_dataloader`.
+
+Intensities (``normalisation``): ``dataset`` standardises every image with the train images' mean
+and std (:attr:`mean`, :attr:`std`); ``per_image`` standardises each image with its own, in every
+loader, and :attr:`mean` / :attr:`std` are then 0 and 1, so whatever is built from them (the
+pretraining views, ``model.pt``) adds nothing on top.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pscl.data.datasets import LabeledDataset, ViewsDataset, seed_worker
 from pscl.data.index import DatasetIndex, index_dataset
 from pscl.data.io import read_image, read_mask
 from pscl.data.splits import carve_validation, parse_num_labeled, select_labeled
-from pscl.data.transforms import test_transform, train_transform
+from pscl.data.transforms import PER_IMAGE, check_normalisation, test_transform, train_transform
 from pscl.checks.config import SINGLE_CROP_SIDE
 from pscl.errors import ConfigError
 
@@ -66,6 +71,7 @@ class MicrographDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         class_weights: Sequence[float] | None = None,
         eval_split: str = "test",
+        normalisation: str = "dataset",
     ) -> None:
         super().__init__()
         if root is None and synthetic is None:
@@ -84,6 +90,7 @@ class MicrographDataModule(pl.LightningDataModule):
             raise ConfigError("data.val_fraction", "is 0 but runs evaluate on the validation split (eval.split=val)",
                               "set data.val_fraction (e.g. 0.2) to carve a validation split from the training images")
         parse_num_labeled(num_labeled)  # fail early on a malformed value
+        check_normalisation(normalisation)
         self.save_hyperparameters(logger=False)
         self.root = Path(root).expanduser() if root is not None else None
         self.synthetic = dict(synthetic) if synthetic is not None else None
@@ -136,7 +143,7 @@ class MicrographDataModule(pl.LightningDataModule):
                                           self.index.labeled_presets)
         self._check_read_sizes()
         self._check_crop_size()
-        self.mean, self.std = self._intensity_stats(self.index.train_ids)
+        self.mean, self.std = self._input_statistics()
         if hp.class_weights is not None and len(hp.class_weights) != self.num_classes:
             raise ConfigError("data.class_weights",
                               f"lists {len(hp.class_weights)} weights but the dataset has {self.num_classes} classes "
@@ -200,6 +207,14 @@ class MicrographDataModule(pl.LightningDataModule):
         known = {self.index.samples[i].image: self._images[i].shape[:2] for i in self.index.train_ids}
         check_pool(self.pretraining_pool(), self.hparams.in_channels, self.hparams.crop_size, self.cache_dir, known)
 
+    def _input_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean and std every input is normalised with: the train images' (``dataset``), or 0
+        and 1 (``per_image``, where the datasets standardise each image with its own instead)."""
+        assert self.index is not None
+        if self.per_image:
+            return (0.0,) * self.in_channels, (1.0,) * self.in_channels
+        return self._intensity_stats(self.index.train_ids)
+
     def _intensity_stats(self, ids: Sequence[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std over the train images (labels are not used)."""
         stack = np.concatenate([self._images[i].reshape(-1, self._images[i].shape[-1]) for i in ids])
@@ -235,6 +250,15 @@ class MicrographDataModule(pl.LightningDataModule):
     @property
     def in_channels(self) -> int:
         return int(self.hparams.in_channels)
+
+    @property
+    def normalisation(self) -> str:
+        """``dataset`` or ``per_image`` (``data.normalisation``)."""
+        return str(self.hparams.normalisation)
+
+    @property
+    def per_image(self) -> bool:
+        return self.normalisation == PER_IMAGE
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -280,14 +304,15 @@ class MicrographDataModule(pl.LightningDataModule):
         hp = self.hparams
         ids = self.labeled_ids
         return LabeledDataset([self._images[i] for i in ids], [self._masks[i] for i in ids], ids,
-                              train_transform(hp.crop_size, self.mean, self.std, hp.jitter),
-                              length=max(int(hp.samples_per_epoch), len(ids)))
+                              train_transform(hp.crop_size, self.mean, self.std, hp.jitter,
+                                              normalisation=self.normalisation),
+                              length=max(int(hp.samples_per_epoch), len(ids)), per_image=self.per_image)
 
     def whole_image_dataset(self, ids: Sequence[str]) -> LabeledDataset:
         """Whole images with masks, normalised only."""
         self._require_setup()
         return LabeledDataset([self._images[i] for i in ids], [self._masks[i] for i in ids], list(ids),
-                              test_transform(self.mean, self.std))
+                              test_transform(self.mean, self.std, self.normalisation), per_image=self.per_image)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         if self._pretrain_views is not None:
@@ -336,7 +361,7 @@ class MicrographDataModule(pl.LightningDataModule):
         groups = self._group_index()
         return ViewsDataset(
             [s.image for s in samples], [s.id for s in samples], [groups.get(s.group, -1) for s in samples],
-            views, self.in_channels, cache=self._images,
+            views, self.in_channels, cache=self._images, per_image=self.per_image,
         )
 
     def annotated_views_dataset(self, views: Callable[..., dict]) -> ViewsDataset:
@@ -349,6 +374,7 @@ class MicrographDataModule(pl.LightningDataModule):
         return ViewsDataset(
             [s.image for s in samples], [s.id for s in samples], [groups.get(s.group, -1) for s in samples],
             views, self.in_channels, cache=self._images, masks={i: self._masks[i] for i in self.labeled_ids},
+            per_image=self.per_image,
         )
 
     def unlabeled_dataloader(self, views: Callable[..., dict]) -> DataLoader:
@@ -378,5 +404,6 @@ class MicrographDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointed facts: the round's annotated ids and the normalisation used in training."""
-        return {"labeled_ids": list(self.labeled_ids), "mean": list(self.mean), "std": list(self.std)}
+        return {"labeled_ids": list(self.labeled_ids), "mean": list(self.mean), "std": list(self.std),
+                "normalisation": self.normalisation}
 

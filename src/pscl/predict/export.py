@@ -3,8 +3,10 @@
     pscl-export <run folder | model.pt | checkpoint> --format torchscript [--out model.ts.pt]
 
 The file takes (B, C, H, W) float32 images scaled to [0, 1] and returns (B, num_classes, H, W)
-logits; the run's normalisation is inside it. ``<file>.json`` beside it states that contract
-(channels, scaling of 8- and 16-bit files, grey conversion, class names, mean and std).
+logits; the run's normalisation is inside it (``per_image``: each image of the batch standardised
+by its own per-channel mean and std, then mean and std). ``<file>.json`` beside it states that
+contract (channels, scaling of 8- and 16-bit files, grey conversion, class names, normalisation,
+mean and std).
 
 Both files are checked before anything is written: an existing one is refused unless
 ``--overwrite`` (which replaces both), and neither may be the model file being exported. The
@@ -28,6 +30,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from pscl.data.transforms import MIN_IMAGE_STD, PER_IMAGE  # noqa: E402
 from pscl.errors import EXIT_OK, DataError, run_parsed  # noqa: E402
 from pscl.integrity import atomic_write_bytes  # noqa: E402
 from pscl.predict.model import TrainedModel, load_trained_model  # noqa: E402
@@ -37,10 +40,19 @@ CONTRACT_FORMAT = "pscl-torchscript/1"
 
 
 class NormalisedUNet(nn.Module):
-    """The UNet's blocks called in order, with the input normalisation first: scriptable."""
+    """The UNet's blocks called in order, with the input normalisation first: scriptable.
 
-    def __init__(self, unet: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    ``per_image``: each image is first standardised by its own per-channel mean and std (a
+    constant channel becomes zeros), as :func:`pscl.data.transforms.standardise_image` does.
+    :meth:`network` runs the UNet alone, for inputs normalised by the caller (e.g. tiles cut from
+    a micrograph standardised as a whole).
+    """
+
+    def __init__(self, unet: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 per_image: bool = False) -> None:
         super().__init__()
+        self.per_image = bool(per_image)
+        self.min_std = float(MIN_IMAGE_STD)
         shape = (1, len(mean), 1, 1)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
@@ -50,7 +62,22 @@ class NormalisedUNet(nn.Module):
         self.classifier = unet.classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        if self.per_image:
+            x = self.standardise(x)
+        return self.network((x - self.mean) / self.std)
+
+    @torch.jit.export
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Each (C, H, W) image of the batch by its own per-channel mean and population std."""
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
+        # a constant channel: zeros, as in training (a floor alone would amplify rounding noise)
+        scale = torch.where(std >= self.min_std, 1.0 / std.clamp_min(self.min_std), torch.zeros_like(std))
+        return (x - mean) * scale
+
+    @torch.jit.export
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """The UNet on an already normalised (B, C, H, W) input."""
         x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
@@ -68,7 +95,8 @@ def contract(model: TrainedModel) -> dict[str, Any]:
             "shape": f"(B, {model.in_channels}, H, W), float32, H and W >= 8 (any size; memory grows with H x W, "
                      "so cut large images into overlapping tiles of about 512 px)",
             "scaling": "8-bit files divided by 255, 16-bit files by 65535 (values in [0, 1]); " + grey,
-            "normalisation": "applied inside the model: (x - mean) / std per channel",
+            "normalisation": model.normalisation,
+            "normalisation_steps": _normalisation_steps(model),
             "mean": list(model.mean),
             "std": list(model.std),
         },
@@ -80,10 +108,23 @@ def contract(model: TrainedModel) -> dict[str, Any]:
     }
 
 
+def _normalisation_steps(model: TrainedModel) -> str:
+    """The contract's words for what the model does to its input before the network."""
+    fixed = "(x - mean) / std per channel"
+    if model.normalisation != PER_IMAGE:
+        return f"applied inside the model: {fixed}"
+    return ("applied inside the model: each image of the batch is first standardised by its own per-channel mean "
+            f"and population std over H and W (a constant channel becomes 0), then {fixed}; so pass whole "
+            "micrographs. To cut a large one into tiles, standardise it whole (s = m.standardise(x)) and call "
+            "m.network((tile - mean) / std) on each tile of s: a tile's own statistics are not the ones the "
+            "network was trained with")
+
+
 def export_torchscript(model: TrainedModel, path: Path) -> Path:
     """Script the model with its normalisation and write it and its contract (``<path>.json``), together."""
     _check_exportable(model)
-    wrapper = NormalisedUNet(model.backbone.float().cpu().eval(), model.mean, model.std).eval()
+    wrapper = NormalisedUNet(model.backbone.float().cpu().eval(), model.mean, model.std,
+                             per_image=model.normalisation == PER_IMAGE).eval()
     scripted = torch.jit.script(wrapper)
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)

@@ -1,13 +1,15 @@
 """A trained segmentation network with everything needed to apply it: ``model.pt``.
 
 At the end of fine-tuning a run writes ``<run>/model.pt``: the backbone's weights, the backbone
-config that builds it, the input normalisation (the training images' mean and std), the number
-of input channels, the class names, the method and the run's resolved config. It holds tensors,
-numbers, strings and lists only, so it is read with ``weights_only=True`` (:func:`load_weights`).
+config that builds it, the input normalisation (``data.normalisation``, and the mean and std: the
+training images', or 0 and 1 after ``per_image`` standardisation), the number of input channels,
+the class names, the method and the run's resolved config. It holds tensors, numbers, strings
+and lists only, so it is read with ``weights_only=True`` (:func:`load_weights`). A file written
+before the normalisation was recorded loads as ``dataset``, what every run then used.
 
 Runs written before ``model.pt`` existed still load: from ``<run>/checkpoints/last.ckpt`` (the
 final model: it is rewritten when fitting ends), whose data-module state holds the mean and std,
-and ``<run>/.hydra/config.yaml`` for the backbone.
+and ``<run>/.hydra/config.yaml`` for the backbone (and ``data.normalisation``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 
+from pscl.data.transforms import DATASET, NORMALISATIONS
 from pscl.errors import DataError
 from pscl.integrity import assert_finite, atomic_write_bytes, first_non_finite, load_weights
 from pscl.models.base import SegmentationBackbone
@@ -36,7 +39,12 @@ MIN_STD = 1e-6
 
 @dataclass
 class TrainedModel:
-    """A fine-tuned backbone (in eval mode) and the facts that say how to feed it."""
+    """A fine-tuned backbone (in eval mode) and the facts that say how to feed it.
+
+    ``normalisation``: ``per_image`` standardises each input by its own per-channel mean and std
+    before ``mean``/``std`` apply (:func:`pscl.data.transforms.normalise_whole_image`); ``dataset``
+    applies ``mean``/``std`` only.
+    """
 
     backbone: SegmentationBackbone
     class_names: tuple[str, ...]
@@ -47,6 +55,7 @@ class TrainedModel:
     backbone_config: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    normalisation: str = DATASET
 
     @property
     def num_classes(self) -> int:
@@ -55,8 +64,11 @@ class TrainedModel:
 
 def save_model(path: Path | str, backbone: SegmentationBackbone, backbone_config: dict[str, Any],
                class_names: tuple[str, ...] | list[str], mean: tuple[float, ...] | list[float],
-               std: tuple[float, ...] | list[float], method: str, config: dict[str, Any]) -> Path:
+               std: tuple[float, ...] | list[float], method: str, config: dict[str, Any],
+               normalisation: str = DATASET) -> Path:
     """Write ``model.pt`` atomically; refuses non-finite weights (nothing is written)."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     assert_finite(state, "the fine-tuned weights", path)
@@ -68,6 +80,7 @@ def save_model(path: Path | str, backbone: SegmentationBackbone, backbone_config
         "class_names": [str(c) for c in class_names],
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
+        "normalisation": str(normalisation),
         "method": str(method),
         "config": _plain(config),
     }
@@ -118,7 +131,8 @@ def _from_blob(blob: dict[str, Any], path: Path) -> TrainedModel:
     if not isinstance(config, dict):
         raise DataError("has a run config that is not a mapping", path, _CRAFTED_FIX)
     return _assemble(blob["state_dict"], blob["backbone_config"], blob["class_names"], blob["in_channels"],
-                     blob["mean"], blob["std"], blob["method"], config, path)
+                     blob["mean"], blob["std"], blob["method"], config, path,
+                     blob.get("normalisation", DATASET))  # older files: what every run used then
 
 
 def _from_checkpoint(path: Path, blob: dict[str, Any]) -> TrainedModel:
@@ -141,8 +155,12 @@ def _from_checkpoint(path: Path, blob: dict[str, Any]) -> TrainedModel:
     method = config.get("method") if isinstance(config.get("method"), dict) else {}
     in_channels = data.get("in_channels", 1)
     method_name = str(method.get("name", "unknown"))
+    if "normalisation" in data_state:
+        normalisation = data_state["normalisation"]  # checked by _assemble, naming the checkpoint
+    else:  # a checkpoint from before the data module recorded it: the run config says it
+        normalisation = _normalisation(data.get("normalisation", DATASET), config_file)
     return _assemble(state, backbone_config, hparams["class_names"], in_channels, data_state["mean"],
-                     data_state["std"], method_name, config, path)
+                     data_state["std"], method_name, config, path, normalisation)
 
 
 def _run_config(config_file: Path) -> tuple[dict[str, Any], Any]:
@@ -206,6 +224,14 @@ def _statistics(mean: Any, std: Any, in_channels: int, path: Path) -> tuple[tupl
     return values[0], values[1]
 
 
+def _normalisation(value: Any, path: Path) -> str:
+    """The recorded input normalisation, checked: one of :data:`~pscl.data.transforms.NORMALISATIONS`."""
+    if not isinstance(value, str) or value not in NORMALISATIONS:
+        raise DataError(f"has the input normalisation {repr(value)[:60]}; a pscl model is normalised with one of "
+                        f"{', '.join(NORMALISATIONS)}", path, _CRAFTED_FIX)
+    return value
+
+
 def _tensors(state: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
@@ -219,7 +245,7 @@ def _tensors(state: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _assemble(state: Any, backbone_config: Any, class_names: Any, in_channels: Any, mean: Any, std: Any,
-              method: Any, config: dict[str, Any], path: Path) -> TrainedModel:
+              method: Any, config: dict[str, Any], path: Path, normalisation: Any = DATASET) -> TrainedModel:
     """Check everything the file says, then build the backbone it describes and load its weights.
 
     The backbone is first built on the ``meta`` device (no memory), so weights that do not fit
@@ -228,6 +254,7 @@ def _assemble(state: Any, backbone_config: Any, class_names: Any, in_channels: A
     names = _class_names(class_names, path)
     channels = _channel_count(in_channels, path)
     means, stds = _statistics(mean, std, channels, path)
+    normalised_by = _normalisation(normalisation, path)
     state = _tensors(state, path)
     if not isinstance(method, str):
         raise DataError("names its method with something that is not a string", path, _CRAFTED_FIX)
@@ -249,4 +276,5 @@ def _assemble(state: Any, backbone_config: Any, class_names: Any, in_channels: A
     backbone = build_backbone_from_file(backbone_config, channels, len(names), path, _CRAFTED_FIX)
     backbone.load_state_dict(state)
     backbone.eval()
-    return TrainedModel(backbone, names, channels, means, stds, method, dict(backbone_config), config, path)
+    return TrainedModel(backbone, names, channels, means, stds, method, dict(backbone_config), config, path,
+                        normalised_by)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pscl.data.datasets import image_to_tensor
 from pscl.data.io import read_image
-from pscl.data.transforms import test_transform
+from pscl.data.transforms import normalise_whole_image
 from pscl.errors import DataError
 from pscl.integrity import atomic_write_bytes, atomic_write_text
 from pscl.predict.inputs import RECORD_FILE, ImageMeta, recorded_outputs
@@ -64,7 +64,11 @@ class PredictOutcome:
 
 def prepare_input(path: Path, model: TrainedModel, crop_bottom: int) -> tuple[np.ndarray, torch.Tensor]:
     """The micrograph as read for training (grey in [0, 1], for the overlay) and the normalised
-    (C, H, W) tensor the network takes: the same reader and normalisation as the run's test."""
+    (C, H, W) tensor the network takes: the same reader and normalisation as the run's test.
+
+    A ``per_image`` model standardises the whole micrograph (after ``crop_bottom``, so the
+    information band does not count) before :func:`segment` cuts any tiles: every tile sees the
+    statistics of its whole image, as training crops do."""
     image = read_image(path, model.in_channels)
     if crop_bottom:
         if crop_bottom >= image.shape[0]:
@@ -72,7 +76,7 @@ def prepare_input(path: Path, model: TrainedModel, crop_bottom: int) -> tuple[np
                             "give the height of the information band only")
         image = image[: image.shape[0] - crop_bottom]
     _check_size(path, image.shape[0], image.shape[1], crop_bottom)
-    normalised = test_transform(model.mean, model.std)(image=image)["image"]
+    normalised = normalise_whole_image(image, model.mean, model.std, model.normalisation)
     return image.mean(axis=-1), image_to_tensor(normalised)
 
 
@@ -227,7 +231,7 @@ def _write_record(out: Path, model: TrainedModel, settings: PredictSettings, inf
         "method": model.method,
         "class_names": list(model.class_names),
         "in_channels": model.in_channels,
-        "normalisation": {"mean": list(model.mean), "std": list(model.std)},
+        "normalisation": {"mode": model.normalisation, "mean": list(model.mean), "std": list(model.std)},
         "settings": {**asdict(settings), "tiles": asdict(settings.tiles)},
         "units": ("um" if len(sized) == len(infos) and infos else "px" if not sized else "mixed: see pixel_size_um"),
         "images": infos,
