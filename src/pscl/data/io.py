@@ -89,19 +89,37 @@ def image_size(path: Path | str) -> tuple[int, int]:
     """``(width, height)`` from the header alone; raises :class:`DataError` when over the pixel limit
     (:func:`max_image_pixels`) or not an image."""
     path = Path(path)
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        with open_checked(path) as img:
+            return img.size
     try:
-        if path.suffix.lower() in {".tif", ".tiff"}:
-            import tifffile
+        import tifffile
 
-            with tifffile.TiffFile(path) as tif:
-                width, height, planes = _tiff_size(tif)
-        else:
-            with Image.open(path) as img:
-                (width, height), planes = img.size, 1
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError) as exc:
+        with tifffile.TiffFile(path) as tif:
+            width, height, planes = _tiff_size(tif)
+    except (OSError, ValueError, IndexError) as exc:
         raise _unreadable(path, exc) from None
     check_pixel_count(path, width, height, planes)
     return width, height
+
+
+def open_checked(path: Path | str) -> Image.Image:
+    """Pillow's (lazy) image of ``path``, opened once and held to :func:`max_image_pixels` from its
+    header before any pixel is decoded; for the PNGs pscl writes and reads back (masks, predictions).
+
+    Raises :class:`DataError` when the file is not an image or is over the limit.
+    """
+    path = Path(path)
+    try:
+        image = Image.open(path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _unreadable(path, exc) from None
+    try:
+        check_pixel_count(path, *image.size)
+    except DataError:
+        image.close()
+        raise
+    return image
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
@@ -127,8 +145,7 @@ def _read_raw(path: Path) -> np.ndarray:
                 check_pixel_count(path, *_tiff_size(tif))
                 array = np.asarray(tif.asarray())
         else:
-            with Image.open(path) as img:  # lazy: reads the header only
-                check_pixel_count(path, *img.size)
+            with open_checked(path) as img:  # lazy: the pixel count is checked from the header
                 if img.mode in {"P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "HSV", "1"}:
                     img = img.convert("RGB")
                 elif img.mode == "I;16B":

@@ -578,20 +578,14 @@ def _read_meta(root: Path) -> list[tuple[str, str]]:
         return [(row["id"], row["group"]) for row in csv.DictReader(fh)]
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """``path`` opened by Pillow once its header is within pscl's pixel limit (PSCL_MAX_IMAGE_PIXELS)."""
-    from pscl.data.io import image_size
-
-    image_size(path)
-    return Image.open(path)
-
-
 def class_fractions(root: Path) -> dict[str, np.ndarray]:
     """Pixel fraction of each class per group (and ``"all"``) of a dataset folder."""
+    from pscl.data.io import open_checked  # the pixel limit; imported here: the generator alone needs no pscl
+
     root = Path(root)
     counts: dict[str, np.ndarray] = {}
     for image_id, group in _read_meta(root):
-        mask = np.asarray(_open_checked(root / "masks" / f"{image_id}.png"))
+        mask = np.asarray(open_checked(root / "masks" / f"{image_id}.png"))
         hist = np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))[: len(CLASS_NAMES)]
         for key in (group, "all"):
             counts[key] = counts.get(key, 0) + hist
@@ -619,6 +613,8 @@ def write_preview(root: Path, png: Path, per_group: int = 2) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
+    from pscl.data.io import open_checked  # the pixel limit; imported here: the generator alone needs no pscl
+
     root, png = Path(root), Path(png)
     meta = _read_meta(root)
     rows = [(g, [i for i, gg in meta if gg == g][:per_group]) for g in GROUPS]
@@ -634,8 +630,8 @@ def write_preview(root: Path, png: Path, per_group: int = 2) -> Path:
                 ax.set_axis_off()
             if s >= len(ids):
                 continue
-            image = np.asarray(_open_checked(root / "images" / f"{ids[s]}.png")).astype(np.float32)
-            mask = np.asarray(_open_checked(root / "masks" / f"{ids[s]}.png"))
+            image = np.asarray(open_checked(root / "images" / f"{ids[s]}.png")).astype(np.float32)
+            mask = np.asarray(open_checked(root / "masks" / f"{ids[s]}.png"))
             grey = np.repeat(image[..., None] / 255.0, 3, axis=-1)
             alpha = np.where(mask > 0, 0.55, 0.0)[..., None]
             overlay = grey * (1 - alpha) + _OVERLAY_COLOURS[np.minimum(mask, 3)] * alpha

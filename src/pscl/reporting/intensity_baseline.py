@@ -16,9 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pscl.data.io import IGNORE_INDEX, image_size
+from pscl.data.io import IGNORE_INDEX, open_checked
 from pscl.data.text import read_text
 from pscl.errors import DataError, run_command
 
@@ -84,15 +83,9 @@ def pooled_foreground_dice(
     return mean, [float(d) for d in per_class]
 
 
-def _open(path: Path) -> Image.Image:
-    """``path`` opened by Pillow once its header is within pscl's pixel limit (PSCL_MAX_IMAGE_PIXELS)."""
-    image_size(path)
-    return Image.open(path)
-
-
 def _load(root: Path, ids: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    images = [np.asarray(_open(root / "images" / f"{i}.png").convert("L")) for i in ids]
-    masks = [np.asarray(_open(root / "masks" / f"{i}.png")) for i in ids]
+    images = [np.asarray(open_checked(root / "images" / f"{i}.png").convert("L")) for i in ids]
+    masks = [np.asarray(open_checked(root / "masks" / f"{i}.png")) for i in ids]
     return images, masks
 
 

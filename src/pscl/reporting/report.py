@@ -464,14 +464,12 @@ def _data_index(data_root: str, cache: dict[str, Any]) -> Any:
 def _gallery_mask(path: Path) -> Any:
     """An annotated mask for the gallery, or None (with a note) when it is over the pixel limit or unreadable."""
     import numpy as np
-    from PIL import Image
 
-    from pscl.data.io import image_size
+    from pscl.data.io import open_checked
     from pscl.errors import DataError
 
     try:
-        image_size(path)  # pscl's pixel limit, from the header
-        with Image.open(path) as image:
+        with open_checked(path) as image:  # pscl's pixel limit, from the header
             return np.asarray(image)
     except (DataError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -483,14 +481,12 @@ def read_prediction(path: Path, num_classes: int | None = None) -> Any:
     """A saved prediction as a 2-D array of class indices, or None (with a note on stderr) if the
     file is not one: a damaged PNG in a run folder costs that image, not the report."""
     import numpy as np
-    from PIL import Image
 
-    from pscl.data.io import image_size
+    from pscl.data.io import open_checked
     from pscl.errors import DataError
 
     try:
-        image_size(path)  # pscl's pixel limit, from the header: a decompression bomb is never decoded
-        with Image.open(path) as image:
+        with open_checked(path) as image:  # a decompression bomb is never decoded
             prediction = np.asarray(image)
     except DataError as exc:
         reason = str(exc).removeprefix(f"{path}: ").replace("\n  fix:", "; fix:")
