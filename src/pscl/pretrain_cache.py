@@ -8,8 +8,9 @@ the seed, the data settings that define the pool and its views (not the label se
 fine-tuning settings), the trainer settings that change the computation, the SHA-256 of every
 pool file (and, for PSCL, of the annotated masks), and the pscl version. Weights are stored under
 ``<cache_dir>/pretrained/<method>-<key>/``. PSCL, whose sampling uses the annotated images, also
-hashes their ids: it is reused only by runs of the same round (e.g. the points of a protocol
-grid). The snapshots of a pretraining-length study (``snapshot_epochs`` or ``snapshot_steps``) are
+hashes their ids - the round's actual ids, however chosen (``data.label_seed`` or
+``data.labeled_ids``), as a set: it is reused only by runs that annotate the same images (e.g. the
+points of a protocol grid), and a selection never reuses a pretraining made for another one. The snapshots of a pretraining-length study (``snapshot_epochs`` or ``snapshot_steps``) are
 stored beside the weights and are part of the key.
 
 An entry can be trusted only as far as it checks out: its files are written atomically under a
@@ -48,8 +49,9 @@ ENTRY_FILE = "entry.json"
 Found = tuple[dict, list["Snapshot"]]
 
 # data settings that choose or feed the labelled images / fine-tuning only, or say where files live
+# (the labelled ids themselves enter the key of the methods that use them: pretraining_config)
 NOT_PRETRAINING_DATA_KEYS = frozenset({
-    "num_labeled", "label_seed", "batch_size", "samples_per_epoch", "test_batch_size", "num_workers",
+    "num_labeled", "label_seed", "labeled_ids", "batch_size", "samples_per_epoch", "test_batch_size", "num_workers",
     "pin_memory", "class_weights", "jitter", "cache_dir", "eval_split",
 })
 # trainer settings that change what pretraining computes

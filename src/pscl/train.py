@@ -320,6 +320,22 @@ def _finished_pretraining(cfg: DictConfig, output_dir: Path, epochs: list[int],
                        snapshots)
 
 
+def pretraining_identity(cfg: DictConfig, datamodule: Any) -> tuple[dict[str, Any], str, bool]:
+    """``(config, key, uses labels)`` of this run's pretraining in the cache (pscl.pretrain_cache).
+
+    A method whose sampling uses the annotated images (PSCL) keys on this round's actual ids
+    (drawn, or named by ``data.labeled_ids``) and their masks; a label-free one on neither.
+    """
+    from pscl import pretrain_cache
+
+    module_class = hydra.utils.get_class(cfg.method.pretrain._target_)
+    labeled = list(datamodule.labeled_ids) if module_class.uses_labels else None
+    label_files = datamodule.labeled_mask_files() if labeled else ()
+    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, snapshot_epochs(cfg),
+                                               label_files, snapshot_steps(cfg))
+    return config, pretrain_cache.pretraining_key(config), labeled is not None
+
+
 def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     """Pretrain, or load an earlier run's pretraining when its config is the same (pscl.pretrain_cache).
 
@@ -327,17 +343,18 @@ def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pre
     annotated images; a label-free one by every round.
     """
     from pscl import pretrain_cache
+    from pscl.data.labeled_ids import check_same_ids, describe_source
+    from pscl.transfer import read_meta
 
-    module_class = hydra.utils.get_class(cfg.method.pretrain._target_)
-    labeled = list(datamodule.labeled_ids) if module_class.uses_labels else None
+    config, key, labeled = pretraining_identity(cfg, datamodule)
     epochs, steps = snapshot_epochs(cfg), snapshot_steps(cfg)
-    label_files = datamodule.labeled_mask_files() if labeled else ()
-    config = pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool(), labeled, epochs, label_files,
-                                               steps)
-    key = pretrain_cache.pretraining_key(config)
     folder = pretrain_cache.cache_folder(cfg.paths.cache_dir, cfg.method.name, key)
     finished = _finished_pretraining(cfg, output_dir, epochs, steps)
     if finished is not None:
+        if labeled:  # its sampling used the annotated images of the run as it started
+            check_same_ids(read_meta(finished.info["source"]).get("labeled_ids"), datamodule.labeled_ids,
+                           f"the finished pretraining {finished.info['source']}", datamodule.labeled_source,
+                           ordered=False)  # as the cache key: the same images in another order reuse it
         finished.info["key"] = key
         return finished
     cached = pretrain_cache.lookup(folder, epochs, steps) if cfg.get("reuse_pretraining", True) else None
@@ -348,7 +365,8 @@ def pretrain_or_reuse(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pre
         weights, snapshots = cached
         return Pretraining(weights, {"reused": True, "key": key, "source": str(folder / "pretrained.pt")}, snapshots)
     if labeled:
-        log.info("pretraining %s for this round: its patch sampling uses the annotated images", cfg.method.name)
+        log.info("pretraining %s for this round: its patch sampling uses the annotated images (%s)",
+                 cfg.method.name, describe_source(datamodule.labeled_source))
     else:
         log.info("pretraining %s (config key %s; later runs with the same pretraining config reuse it)",
                  cfg.method.name, key)
@@ -416,9 +434,10 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     split = eval_split(cfg)
     results: dict[str, Any] = {
         "method": cfg.method.name,
-        "num_labeled": cfg.data.num_labeled,
+        "num_labeled": datamodule.num_labeled,
         "label_seed": int(cfg.data.label_seed),
         "labeled_ids": list(datamodule.labeled_ids),
+        "labeled_source": datamodule.labeled_source,
         "data_root": str(datamodule.root),
         "split": split,
         split: {},
@@ -547,12 +566,12 @@ def _periodic_test(cfg: DictConfig) -> list[Any]:
     return [PeriodicTest(int(every))]
 
 
-def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, test: dict[str, float],
+def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, datamodule: Any, test: dict[str, float],
                  probe: dict[str, Any] | None = None) -> None:
     """One row per run in TensorBoard's HParams view: method, labels, round -> Dice, ACC (and the probe's)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    params = {"method": str(cfg.method.name), "num_labeled": str(cfg.data.num_labeled),
+    params = {"method": str(cfg.method.name), "num_labeled": str(datamodule.num_labeled),
               "label_seed": int(cfg.data.label_seed), "protocol": _protocol(cfg)}
     values = {"hparams/dice": test["dice"], "hparams/acc": test["acc"]}
     if probe is not None:
@@ -650,7 +669,7 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     else:
         trainer.test(model, dataloaders=datamodule.val_dataloader(), verbose=False)
     if model.test_results:
-        _log_hparams(trainer, cfg, model.test_results, probe)
+        _log_hparams(trainer, cfg, datamodule, model.test_results, probe)
     return {**model.test_results, "history": list(model.test_history)}
 
 
@@ -723,9 +742,12 @@ def _print_summary(results: dict[str, Any], output_dir: Path, cfg: DictConfig) -
             print(f"pscl: {results['method']} pretraining done; fine-tune with\n"
                   f"  {finetune_command(output_dir, cfg)}{note}", flush=True)
         return
+    from pscl.data.labeled_ids import describe_source, seed_source
+
+    source = describe_source(results.get("labeled_source") or seed_source(results["label_seed"]))
     lines = [
         f"pscl: {results['method']} with {results['num_labeled']} annotated image(s) "
-        f"(label_seed {results['label_seed']}: {', '.join(results['labeled_ids'][:5])})",
+        f"({source}: {', '.join(results['labeled_ids'][:5])})",
         f"  {split} Dice {test['dice']:.4f} (mean over foreground classes)   ACC {test['acc']:.4f}   mIoU {test['miou']:.4f}",
     ]
     if "probe" in results:

@@ -1,7 +1,8 @@
 """One LightningDataModule for pretraining and fine-tuning on a micrograph data folder.
 
 It indexes the folder (:mod:`pscl.data.index`), checks every annotated file once, picks the
-annotated subset of the round (``num_labeled``, ``label_seed``) and serves
+annotated subset of the round (``num_labeled``, ``label_seed``; or the ids ``labeled_ids`` names,
+:mod:`pscl.data.labeled_ids`) and serves
 
 * ``train_dataloader`` - random crops of the annotated subset (fine-tuning / supervised);
 * ``val_dataloader`` - whole images of the ``val`` split: the folder's own, or, with
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 from pscl.data.datasets import LabeledDataset, ViewsDataset, seed_worker
 from pscl.data.index import DatasetIndex, index_dataset
 from pscl.data.io import read_image, read_mask
+from pscl.data.labeled_ids import check_same_ids, describe_source, read_choice, resolve_ids, seed_source
 from pscl.data.splits import carve_validation, parse_num_labeled, select_labeled
 from pscl.data.transforms import PER_IMAGE, check_normalisation, test_transform, train_transform
 from pscl.checks.config import SINGLE_CROP_SIDE
@@ -58,6 +60,7 @@ class MicrographDataModule(pl.LightningDataModule):
         in_channels: int = 1,
         num_labeled: int | str = 1,
         label_seed: int = 0,
+        labeled_ids: str | Path | Sequence[str] | None = None,
         split_seed: int = 0,
         test_fraction: float = 0.2,
         val_fraction: float = 0.0,
@@ -89,7 +92,8 @@ class MicrographDataModule(pl.LightningDataModule):
         if eval_split == "val" and not float(val_fraction) > 0:
             raise ConfigError("data.val_fraction", "is 0 but runs evaluate on the validation split (eval.split=val)",
                               "set data.val_fraction (e.g. 0.2) to carve a validation split from the training images")
-        parse_num_labeled(num_labeled)  # fail early on a malformed value
+        # fail early on a malformed value, and read a selection file before anything is indexed
+        self._labeled_choice = read_choice(labeled_ids, num_labeled_is_all=parse_num_labeled(num_labeled) is None)
         check_normalisation(normalisation)
         self.save_hyperparameters(logger=False)
         self.root = Path(root).expanduser() if root is not None else None
@@ -97,6 +101,9 @@ class MicrographDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser()
         self.index: DatasetIndex | None = None
         self.labeled_ids: tuple[str, ...] = ()
+        #: where :attr:`labeled_ids` came from (pscl.data.labeled_ids): the label_seed draw, a selection, a list
+        self.labeled_source: dict[str, Any] = (seed_source(label_seed) if self._labeled_choice is None
+                                               else dict(self._labeled_choice.source))
         self.mean: tuple[float, ...] = ()
         self.std: tuple[float, ...] = ()
         self._images: dict[str, np.ndarray] = {}
@@ -132,15 +139,15 @@ class MicrographDataModule(pl.LightningDataModule):
         hp = self.hparams
         self.index = index_dataset(self.root, hp.layout, split_seed=hp.split_seed,
                                    test_fraction=hp.test_fraction, val_fraction=hp.val_fraction)
-        if hp.val_fraction and not self.index.val_ids:  # a fixed split without val: carve it from train
+        carved = bool(hp.val_fraction and not self.index.val_ids)
+        if carved:  # a fixed split without val: carve it from train
             groups = {i: self.index.samples[i].group for i in self.index.train_ids}
             presets = {i for ids in self.index.labeled_presets.values() for i in ids}
             train, val = carve_validation(self.index.train_ids, groups, hp.split_seed, float(hp.val_fraction),
                                           keep=presets)
             self.index = dataclasses.replace(self.index, train_ids=train, val_ids=val)
+        self.labeled_ids = self._choose_labeled(carved)
         self._load_annotated()
-        self.labeled_ids = select_labeled(self.index.train_ids, hp.num_labeled, hp.label_seed,
-                                          self.index.labeled_presets)
         self._check_read_sizes()
         self._check_crop_size()
         self.mean, self.std = self._input_statistics()
@@ -149,9 +156,35 @@ class MicrographDataModule(pl.LightningDataModule):
                               f"lists {len(hp.class_weights)} weights but the dataset has {self.num_classes} classes "
                               f"({', '.join(self.class_names)})",
                               "give one weight per class, or null for equal weights")
-        log.info("data %s: %d train (%d annotated for this round: %s), %d val, %d test, %d extra unlabelled",
-                 self.root, len(self.index.train_ids), len(self.labeled_ids), ", ".join(self.labeled_ids[:5]),
-                 len(self.index.val_ids), len(self.index.test_ids), len(self.index.unlabeled))
+        log.info("data %s: %d train (%d annotated for this round, from %s: %s), %d val, %d test, "
+                 "%d extra unlabelled",
+                 self.root, len(self.index.train_ids), len(self.labeled_ids), describe_source(self.labeled_source),
+                 ", ".join(self.labeled_ids[:5]), len(self.index.val_ids), len(self.index.test_ids),
+                 len(self.index.unlabeled))
+
+    def _choose_labeled(self, val_carved: bool) -> tuple[str, ...]:
+        """This round's annotated ids: those ``labeled_ids`` names (checked against the splits), or
+        the draw of ``num_labeled`` / ``label_seed`` (the authors' preset subsets first)."""
+        hp, index = self.hparams, self.index
+        assert index is not None
+        if self._labeled_choice is None:
+            return select_labeled(index.train_ids, hp.num_labeled, hp.label_seed, index.labeled_presets)
+        ids = resolve_ids(self._labeled_choice, index.train_ids, index.val_ids, index.test_ids,
+                          [s.id for s in index.unlabeled], val_carved=val_carved)
+        requested = parse_num_labeled(hp.num_labeled)
+        if requested != len(ids):
+            log.info("data.labeled_ids names %d annotated image(s); data.num_labeled=%s and data.label_seed are "
+                     "not used", len(ids), hp.num_labeled)
+        return ids
+
+    @property
+    def num_labeled(self) -> int | str:
+        """The round's size as runs record it: ``data.num_labeled`` as set (an int or ``all``), or
+        with ``labeled_ids`` the number of ids it names."""
+        if self._labeled_choice is None:
+            return self.hparams.num_labeled
+        self._require_setup()
+        return len(self.labeled_ids)
 
     def _load_annotated(self) -> None:
         """Read every annotated image and mask once; all file problems surface here, before training."""
@@ -407,3 +440,8 @@ class MicrographDataModule(pl.LightningDataModule):
         return {"labeled_ids": list(self.labeled_ids), "mean": list(self.mean), "std": list(self.std),
                 "normalisation": self.normalisation}
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resumed stage continues only on the annotated images it was trained on: a selection
+        file edited since the run started is refused, not mixed into the checkpoint's training."""
+        check_same_ids(state_dict.get("labeled_ids"), self.labeled_ids, "the checkpoint this stage resumes from",
+                       self.labeled_source)
