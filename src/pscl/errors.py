@@ -3,8 +3,9 @@
 Every problem a user can fix (bad data folder, bad config value, a hostile or broken file)
 raises :class:`PsclError` with a message that names the file or key and says what to do.
 :func:`run_command` is how each console command (``pscl-train``, ``pscl-predict``,
-``pscl-export``, ``pscl-report``, ``pscl-synth``, ``pscl-embed``) turns that into one message on stderr and its
-exit code, without a traceback; ``PSCL_DEBUG=1`` prints the traceback as well.
+``pscl-export``, ``pscl-report``, ``pscl-synth``, ``pscl-embed``, ``pscl-select``) turns that
+into one message on stderr and its exit code, without a traceback; ``PSCL_DEBUG=1`` prints the
+traceback as well.
 """
 
 from __future__ import annotations
