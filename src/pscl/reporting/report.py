@@ -58,6 +58,7 @@ from pscl.reporting.breakdown import (
 from pscl.errors import DataError, PsclError, run_command
 from pscl.reporting.grid import grid_markdown, grid_point, grid_rows
 from pscl.reporting.regimes import regime_markdown, regime_table
+from pscl.reporting.selection import RANDOM, plot_selection, selection_markdown, selection_rows
 from pscl.reporting.study import (
     plot_pretraining_curve,
     probe_markdown,
@@ -92,6 +93,8 @@ class Run:
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     point: str | None = None  # the grid point of a validation run (pscl.reporting.grid)
+    # how labeled_ids were chosen: a pscl-select strategy, "list" (named by hand), None (data.label_seed)
+    strategy: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -205,12 +208,17 @@ def run_from_record(folder: Path, record: Any) -> Run | None:
     data_root = record.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
         raise UnreadableRecord("`data_root` is not a path")
+    source = record.get("labeled_source")
+    kind = source.get("kind") if isinstance(source, dict) else None
+    strategy = source.get("strategy", "selection") if kind == "selection" else "list" if kind == "list" else None
+    if strategy is not None and not isinstance(strategy, str):
+        raise UnreadableRecord("`labeled_source.strategy` is not a name")
     return Run(folder, method, str(num_labeled), label_seed, num_images=len(labeled_ids) or None,
                labeled_ids=list(labeled_ids), test=_check_metrics(record[split], split),
                history=_check_points(record.get("test_history"), "test_history"), protocol=protocol,
                data_root=data_root, split=split,
                snapshots=_check_points(record.get("snapshots"), "snapshots", metrics=split),
-               probe=_check_probe(record.get("probe"), "probe"))
+               probe=_check_probe(record.get("probe"), "probe"), strategy=strategy)
 
 
 def _facts_of_record(record: object) -> dict[str, Any]:
@@ -654,7 +662,10 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
                         "pass the multirun folder printed by pscl-train -m, or a run folder")
     prepare_out(out)
     grid = [r for r in found if r.split == "val" and not r.failed]
-    runs = [r for r in found if r.split != "val"]
+    chosen = [r for r in found if r.split != "val" and r.strategy not in RANDOM]  # pscl-select's choices
+    runs = [r for r in found if r.split != "val" and r.strategy in RANDOM]
+    if not runs:  # only chosen sets: no draws to place them among, report them as rounds
+        runs, chosen = chosen, []
     sections = []
     if grid:
         records = [{"point": r.point, "method": r.method, "label_seed": r.label_seed,
@@ -688,6 +699,13 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
         if per_image:
             write_per_image_csv(out / "per_image.csv", per_image)
             written["per_image.csv"] = out / "per_image.csv"
+        if chosen:
+            selections = [{"method": r.method, "num_labeled": r.num_labeled, "strategy": r.strategy or "random",
+                           "dice": reported_values(r, protocol)["dice"]} for r in [*runs, *chosen] if not r.failed]
+            sections.insert(1, selection_markdown(selection_rows(selections, _method_key)))
+            made = plot_selection(selections, out / "selection.png", _method_key)
+            if made is not None:
+                written["selection.png"] = made
         for name, made in (("label_efficiency.png", plot_label_efficiency(rows, out / "label_efficiency.png")),
                            ("gallery.png", _gallery(runs, out / "gallery.png", gallery_images, indexes)),
                            ("pretraining_curve.png", plot_pretraining_curve(study, out / "pretraining_curve.png",
