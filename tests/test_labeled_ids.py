@@ -102,6 +102,22 @@ def test_a_list_on_the_command_line_feeds_training(root: Path, tmp_path: Path) -
     assert list(quoted.data.labeled_ids) == ["15_016", "03_002"]
 
 
+def test_a_run_choosing_its_images_records_the_strategy_and_seed(root: Path, tmp_path: Path) -> None:
+    from pscl.select.choose import choose_training_images
+    from pscl.train import train
+
+    run = tmp_path / "run"
+    train(compose_config(overrides(root, "data.labeled_ids=select:coverage:4", "data.num_labeled=2", *QUICK), run))
+    written = json.loads((run / "metrics.json").read_text())
+    expected, _ = choose_training_images(str(root), {i: root / "images" / f"{i}.png" for i in TRAIN}, "coverage", 2, 4)
+    assert written["labeled_ids"] == list(expected) and written["num_labeled"] == 2
+    assert written["label_seed"] == 4  # the choice's seed, not data.label_seed (0)
+    source = written["labeled_source"]
+    assert (source["kind"], source["strategy"], source["features"], source["seed"]) == ("selection", "coverage",
+                                                                                         "intensity", 4)
+    assert source["pool_size"] == len(TRAIN) and len(source["scores"]) == 2
+
+
 def test_a_drawn_round_records_its_seed(root: Path) -> None:
     dm = datamodule(root, num_labeled=2, label_seed=3)
     assert dm.labeled_source == {"kind": "label_seed", "label_seed": 3}
@@ -271,7 +287,7 @@ def test_pscl_pretraining_is_keyed_on_the_ids_annotated_and_simclr_is_shared(roo
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("override", [
     "data.labeled_ids=/data/selections/kcenter.json", "data.labeled_ids='/data/my runs/sélection.json'",
-    "data.labeled_ids=[15_016,03_002]", 'data.labeled_ids=["15_016","03_002"]', "data.labeled_ids=null",
+    "data.labeled_ids=[15_016,03_002]", 'data.labeled_ids=["15_016","03_002"]', "data.labeled_ids=null", "data.labeled_ids=select:coverage:3",
 ])
 def test_resume_accepts_the_overrides_of_a_run_with_chosen_ids(override: str, tmp_path: Path) -> None:
     from pscl.integrity.configs import check_overrides

@@ -408,3 +408,55 @@ def test_an_unreadable_image_is_named_and_the_others_are_ranked(tmp_path: Path, 
     out2 = tmp_path / "out2"
     err = _refused([str(pool), "--budget", "12", "--out", str(out2), "--patch-size", "16"], out2, capsys)
     assert "only 11 of its 12 images can be ranked" in err and "broken" in err
+
+
+# ---------------------------------------------------------------- chosen in the run: data.labeled_ids=select:...
+@pytest.fixture
+def data_root128(make_folder) -> Path:
+    ids = [f"img{i:02d}" for i in range(10)]
+    return make_folder(n=10, size=(128, 128), splits={"train": ids[:7], "test": ids[7:]})
+
+
+@pytest.mark.parametrize("strategy", ["coverage", "typical"])
+def test_a_select_spec_chooses_in_training_as_pscl_select_does(data_root128: Path, tmp_path: Path,
+                                                               strategy: str) -> None:
+    from pscl.data.datamodule import MicrographDataModule
+
+    out = tmp_path / "out"
+    assert run([str(data_root128), "--budget", "2", "--out", str(out), "--strategy", strategy, "--seed", "3"]) == 0
+    data = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=2, labeled_ids=f"select:{strategy}:3")
+    data.setup("fit")
+    assert list(data.labeled_ids) == _ids(out)
+    assert data.labeled_source["strategy"] == strategy and data.labeled_source["features"] == "intensity"
+    assert data.labeled_source["seed"] == 3 and data.label_seed == 3 and data.num_labeled == 2
+    assert len(data.labeled_source["scores"]) == 2 and data.labeled_source["pool_size"] == 7
+
+
+def test_select_random_is_the_label_seed_draw(data_root128: Path) -> None:
+    from pscl.data.datamodule import MicrographDataModule
+
+    for seed in range(4):
+        drawn = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=2, label_seed=seed)
+        chosen = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=2,
+                                      labeled_ids=f"select:random:{seed}")
+        default_seed = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=2, label_seed=seed,
+                                            labeled_ids="select:random")
+        for data in (drawn, chosen, default_seed):
+            data.setup("fit")
+        assert chosen.labeled_ids == drawn.labeled_ids == default_seed.labeled_ids, f"seed {seed}"
+        assert chosen.label_seed == default_seed.label_seed == seed
+
+
+@pytest.mark.parametrize("value, num_labeled, fragment", [
+    ("select:best", 1, "names no strategy"),
+    ("select:coverage:x", 1, "is not a whole number"),
+    ("select:coverage:1:2", 1, "names no strategy"),
+    ("select:typical", "all", "data.num_labeled=all"),
+])
+def test_a_bad_select_spec_is_a_config_error(data_root128: Path, value: str, num_labeled, fragment: str) -> None:
+    from pscl.data.datamodule import MicrographDataModule
+    from pscl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.labeled_ids") as caught:
+        MicrographDataModule(root=data_root128, crop_size=None, num_labeled=num_labeled, labeled_ids=value)
+    assert fragment in str(caught.value)

@@ -435,7 +435,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {
         "method": cfg.method.name,
         "num_labeled": datamodule.num_labeled,
-        "label_seed": int(cfg.data.label_seed),
+        "label_seed": datamodule.label_seed,
         "labeled_ids": list(datamodule.labeled_ids),
         "labeled_source": datamodule.labeled_source,
         "data_root": str(datamodule.root),
@@ -572,7 +572,7 @@ def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, datamodule: Any, test: di
     from lightning.pytorch.loggers import TensorBoardLogger
 
     params = {"method": str(cfg.method.name), "num_labeled": str(datamodule.num_labeled),
-              "label_seed": int(cfg.data.label_seed), "protocol": _protocol(cfg)}
+              "label_seed": datamodule.label_seed, "protocol": _protocol(cfg)}
     values = {"hparams/dice": test["dice"], "hparams/acc": test["acc"]}
     if probe is not None:
         values.update({"probe/dice": probe["dice"], "probe/acc": probe["acc"],

@@ -169,6 +169,8 @@ class MicrographDataModule(pl.LightningDataModule):
         assert index is not None
         if self._labeled_choice is None:
             return select_labeled(index.train_ids, hp.num_labeled, hp.label_seed, index.labeled_presets)
+        if self._labeled_choice.strategy is not None:  # select:<strategy>: chosen here, from the train images
+            return self._select_in_run(self._labeled_choice.strategy)
         ids = resolve_ids(self._labeled_choice, index.train_ids, index.val_ids, index.test_ids,
                           [s.id for s in index.unlabeled], val_carved=val_carved)
         requested = parse_num_labeled(hp.num_labeled)
@@ -176,6 +178,32 @@ class MicrographDataModule(pl.LightningDataModule):
             log.info("data.labeled_ids names %d annotated image(s); data.num_labeled=%s and data.label_seed are "
                      "not used", len(ids), hp.num_labeled)
         return ids
+
+    def _select_in_run(self, strategy: str) -> tuple[str, ...]:
+        """``data.num_labeled`` training images chosen by a pscl-select strategy (intensity features),
+        seeded by the spec's seed or ``data.label_seed``; the choice is added to :attr:`labeled_source`."""
+        from pscl.select.choose import choose_training_images
+
+        hp, index, choice = self.hparams, self.index, self._labeled_choice
+        assert index is not None and choice is not None
+        seed = int(hp.label_seed) if choice.seed is None else int(choice.seed)
+        budget = parse_num_labeled(hp.num_labeled)
+        assert budget is not None  # read_choice refuses num_labeled=all beside select:
+        images = {i: index.samples[i].image for i in index.train_ids}
+        ids, facts = choose_training_images(str(self.root), images, strategy, budget, seed, index.labeled_presets)
+        self.labeled_source.update({"seed": seed, "budget": budget, "scores": facts["scores"],
+                                    "pool_size": facts["pool_size"]})
+        log.info("data.labeled_ids=%s chose %s from %d training images", hp.labeled_ids, ", ".join(ids),
+                 facts["pool_size"])
+        return ids
+
+    @property
+    def label_seed(self) -> int:
+        """The round's seed as runs record it: ``data.label_seed``, or the seed of a ``select:`` choice."""
+        source = self.labeled_source
+        if source.get("kind") == "selection" and source.get("file") is None and "seed" in source:
+            return int(source["seed"])
+        return int(self.hparams.label_seed)
 
     @property
     def num_labeled(self) -> int | str:

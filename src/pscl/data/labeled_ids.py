@@ -1,7 +1,10 @@
 """``data.labeled_ids``: the annotated images of a run named by the user instead of drawn.
 
-The value is a path to a ``selection.json`` (written by ``pscl-select``) or a list of image ids
-(``data.labeled_ids=[img03,img07]``). When set it replaces the draw of ``data.num_labeled`` /
+The value is a path to a ``selection.json`` (written by ``pscl-select``), a list of image ids
+(``data.labeled_ids=[img03,img07]``), or ``select:<strategy>[:<seed>]``: choose
+``data.num_labeled`` training images in the run, as ``pscl-select --strategy <strategy> --seed
+<seed> --features intensity`` would (:mod:`pscl.select`; the seed defaults to ``data.label_seed``;
+``select:random:<s>`` is the ``data.label_seed=<s>`` draw). When set it replaces the draw of ``data.num_labeled`` /
 ``data.label_seed``: the run annotates exactly these images, in this order, and its effective
 ``num_labeled`` is their number. ``data.num_labeled=all`` contradicts it and is refused.
 
@@ -32,6 +35,7 @@ from typing import Any
 from pscl.errors import ConfigError
 
 KEY = "data.labeled_ids"
+SELECT_PREFIX = "select:"
 MAX_SELECTION_BYTES = 4 << 20  # ~100k ids; a selection file is a few KB
 SELECTION_FIELDS = ("strategy", "features", "seed", "budget")
 QUOTE_FIX = ("quote the ids so that they stay strings: 'data.labeled_ids=[\"15_016\",\"03_002\"]' "
@@ -49,6 +53,9 @@ class LabeledChoice:
 
     ids: tuple[Any, ...]
     source: dict[str, Any] = field(default_factory=dict)
+    #: ``select:<strategy>``: the ids are chosen in the run (then ``ids`` is empty)
+    strategy: str | None = None
+    seed: int | None = None
 
 
 def seed_source(label_seed: int) -> dict[str, Any]:
@@ -61,6 +68,8 @@ def describe_source(source: dict[str, Any]) -> str:
     kind = source.get("kind")
     if kind == "selection":
         strategy = source.get("strategy")
+        if source.get("file") is None:  # chosen in the run
+            return f"pscl-select strategy {strategy}, seed {source.get('seed')}"
         return f"selection {source.get('file')}" + (f", strategy {strategy}" if strategy else "")
     if kind == "list":
         return "the list data.labeled_ids"
@@ -80,6 +89,12 @@ def read_choice(value: Any, num_labeled_is_all: bool = False) -> LabeledChoice |
     """
     if value is None:
         return None
+    if isinstance(value, str) and value.startswith(SELECT_PREFIX):
+        choice = read_select_spec(value)
+        if num_labeled_is_all:
+            raise ConfigError(KEY, f"{value!r} chooses data.num_labeled images, but data.num_labeled=all asks for "
+                                   "every training image", "set data.num_labeled to the number to choose, e.g. 1 or 5")
+        return choice
     if isinstance(value, (str, os.PathLike)):
         choice = read_selection(Path(value))
     elif isinstance(value, Sequence) and not isinstance(value, bytes):  # a list, or Hydra's ListConfig
@@ -95,6 +110,24 @@ def read_choice(value: Any, num_labeled_is_all: bool = False) -> LabeledChoice |
                           "drop data.num_labeled=all (the selection sets the number), or drop data.labeled_ids "
                           "to annotate every training image")
     return choice
+
+
+def read_select_spec(value: str) -> LabeledChoice:
+    """``select:<strategy>[:<seed>]`` checked: a strategy of pscl-select and an integer seed."""
+    from pscl.select.strategies import STRATEGIES
+
+    parts = value[len(SELECT_PREFIX):].split(":")
+    fix = f"write select:<strategy> or select:<strategy>:<seed>, strategy one of {', '.join(STRATEGIES)}"
+    if len(parts) > 2 or parts[0] not in STRATEGIES:
+        raise ConfigError(KEY, f"{value!r} names no strategy of pscl-select", fix)
+    seed = None
+    if len(parts) == 2:
+        try:
+            seed = int(parts[1])
+        except ValueError:
+            raise ConfigError(KEY, f"{value!r}: the seed {parts[1]!r} is not a whole number", fix) from None
+    source = {"kind": "selection", "strategy": parts[0], "features": None if parts[0] == "random" else "intensity"}
+    return LabeledChoice((), source, strategy=parts[0], seed=seed)
 
 
 def _where(source: dict[str, Any]) -> str:

@@ -54,3 +54,28 @@ def choose(pool: Pool, source: Source | None, strategy: str, budget: int, seed: 
     else:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     return picks, ranked, facts
+
+
+def choose_training_images(root: str, images: dict[str, Any], strategy: str, budget: int, seed: int,
+                           presets: dict | None = None) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The ids training annotates under ``data.labeled_ids=select:<strategy>``: ``budget`` of
+    ``images`` (train id -> image file) chosen on intensity features, as ``pscl-select <root>
+    --strategy <strategy> --seed <seed> --features intensity`` chooses them; and the facts
+    (scores, pool size) to record. An unreadable image is a :class:`DataError` here: training
+    would need to read it anyway."""
+    from pathlib import Path
+
+    from pscl.select.pool import Candidate
+
+    def refuse(message: str) -> None:
+        raise DataError(message, None, "replace or remove the image, then run again")
+
+    pool = Pool(root, tuple(Candidate(i, Path(images[i])) for i in sorted(images)), None, dict(presets or {}))
+    if budget > len(pool.candidates):
+        raise DataError(f"cannot choose {budget} of its {len(pool.candidates)} training images", root,
+                        f"set data.num_labeled to {len(pool.candidates)} or fewer")
+    source = None if strategy == "random" else Source("intensity")
+    picks, ranked, facts = choose(pool, source, strategy, budget, seed, DEFAULT_PATCH, refuse)
+    ids = tuple(ranked.candidates[pick.index].id for pick in picks)
+    facts["scores"] = [None if pick.score is None else round(float(pick.score), 6) for pick in picks]
+    return ids, facts
