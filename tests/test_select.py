@@ -460,3 +460,46 @@ def test_a_bad_select_spec_is_a_config_error(data_root128: Path, value: str, num
     with pytest.raises(ConfigError, match="data.labeled_ids") as caught:
         MicrographDataModule(root=data_root128, crop_size=None, num_labeled=num_labeled, labeled_ids=value)
     assert fragment in str(caught.value)
+
+
+# ---------------------------------------------------------------- experiment=selection_study
+def test_selection_study_sweeps_two_strategies_against_ten_draws(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import compose_config
+    from pscl.checks import check_config
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="pscl.conf", version_base="1.3"):
+        full = compose("train", overrides=["experiment=selection_study"], return_hydra_config=True)
+    sweep = {name: str(values).split(",") for name, values in full.hydra.sweeper.params.items()}
+    assert sweep["data.num_labeled"] == ["1", "5"] and sweep["method"] == ["supervised", "moco"]
+    choices = sweep["data.labeled_ids"]
+    assert choices[:2] == ["select:coverage:0", "select:typical:0"]
+    assert choices[2:] == [f"select:random:{seed}" for seed in range(10)]
+    for method in sweep["method"]:
+        cfg = compose_config(["experiment=selection_study", f"method={method}", "data.num_labeled=5",
+                              f"data.labeled_ids={choices[0]}"], tmp_path / method)
+        check_config(cfg)
+        assert cfg.data.labeled_ids == "select:coverage:0" and cfg.method.pretrain_steps == 190  # quick's
+
+
+def test_a_tiny_selection_study_is_reported_against_its_draws(make_folder, tmp_path: Path) -> None:
+    from conftest import compose_config
+    from pscl.reporting.report import write_report
+    from pscl.train import train
+
+    ids = [f"img{i:02d}" for i in range(8)]
+    root = make_folder(n=8, size=(64, 80), splits={"train": ids[:6], "test": ids[6:]})
+    tiny = ["data=folder", f"data.root={root}", "data.crop_size=32", "backbone=unet_small",
+            "backbone.widths=[8,16,32,64]", "logger=csv", "trainer.max_epochs=1", "data.samples_per_epoch=4",
+            "data.batch_size=2", "method=supervised"]
+    choices = ["select:coverage:0", "select:random:0", "select:random:1", "select:random:2"]
+    for k, choice in enumerate(choices):
+        train(compose_config([*tiny, f"data.labeled_ids={choice}"], tmp_path / "multirun" / str(k)))
+    written = write_report([tmp_path / "multirun"], tmp_path / "report")
+    text = written["results.md"].read_text()
+    assert "## Choosing what to annotate" in text and "selection.png" in written
+    line = next(row for row in text.splitlines() if row.startswith("| supervised | 1 | coverage |"))
+    assert line.split("|")[6].strip() == "3"  # placed among the three draws
