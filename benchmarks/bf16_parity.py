@@ -9,6 +9,12 @@ over rounds), the paired difference bf16 - fp32 (mean, min, max) and the round-t
         trainer.precision=32-true,bf16-mixed data.label_seed=0,1,2
     python benchmarks/bf16_parity.py <the multirun folder> [--json parity.json]
 
+``--crossed RUNS`` adds the crossed check: each pretraining of the sweep fine-tuned (and probed)
+in the other precision, one run per job (``stage=finetune pretrained_ckpt=<job>/pretrain/pretrained.pt
+trainer.precision=<the other>``, the loop in docs/results.md); it prints Dice and probe per
+(pretraining precision, fine-tuning precision) over the rounds, which separates what bf16 does in
+pretraining from what it does in fine-tuning.
+
 The rule, fixed before the study ran (issue 20): parity holds when, at the final snapshot, the
 absolute mean paired difference of the fine-tuned Dice and of the probe Dice are each no larger
 than the round-to-round spread (the sample std over rounds of the fp32 runs). The exit status is
@@ -87,6 +93,45 @@ def parity_holds(rows: list[dict[str, Any]]) -> bool:
     return len(last) == 2 and all(abs(row["diff_mean"]) <= row["spread"] for row in last)
 
 
+def crossed_points(sweep: Path, runs: Path) -> dict[tuple[str, str, int], tuple[float, float | None]]:
+    """``{(pretraining precision, fine-tuning precision, label_seed): (Dice, probe Dice)}``: the sweep's
+    own jobs (same precision in both stages, final snapshot) and the crossed runs below ``runs``."""
+    points: dict[tuple[str, str, int], tuple[float, float | None]] = {}
+    swept = load_points(sweep)
+    for (precision, seed, steps), point in swept.items():
+        if steps == max(st for (p, s, st) in swept if p == precision and s == seed):
+            points[(precision, precision, seed)] = (point["dice"], point.get("probe"))
+    for metrics_file in sorted(runs.glob("**/metrics.json")):
+        config = yaml.safe_load((metrics_file.parent / ".hydra" / "config.yaml").read_text(encoding="utf-8")) or {}
+        source = config.get("pretrained_ckpt")
+        if not source:
+            continue
+        pretrained = job_precision(Path(source).parent.parent)  # <job>/pretrain/pretrained.pt
+        finetuned = ALIASES.get(str((config.get("trainer") or {}).get("precision")))
+        record = json.loads(metrics_file.read_text(encoding="utf-8"))
+        probe = (record.get("probe") or {}).get("dice")
+        points[(str(pretrained), str(finetuned), int(record["label_seed"]))] = (
+            float(record["test"]["dice"]), None if probe is None else float(probe))
+    return points
+
+
+def crossed_markdown(points: dict[tuple[str, str, int], tuple[float, float | None]]) -> str:
+    """One row per (pretraining, fine-tuning) precision: Dice per round, mean ± std; probe likewise."""
+    lines = ["| pretraining | fine-tuning | fine-tuned Dice by round | mean ± std | probe Dice by round |",
+             "|---|---|---|---:|---|"]
+    for pretrained in (FP32, BF16):
+        for finetuned in (FP32, BF16):
+            seeds = sorted(s for (p, f, s) in points if (p, f) == (pretrained, finetuned))
+            if not seeds:
+                continue
+            dice = [points[(pretrained, finetuned, s)][0] for s in seeds]
+            probe = [points[(pretrained, finetuned, s)][1] for s in seeds]
+            lines.append(f"| {pretrained} | {finetuned} | {' / '.join(f'{d:.3f}' for d in dice)} "
+                         f"| {statistics.fmean(dice):.3f} ± {_spread(dice):.3f} "
+                         f"| {' / '.join('-' if p is None else f'{p:.3f}' for p in probe)} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| steps | metric | rounds | fp32 | bf16 | bf16 - fp32 (mean, min..max) | round spread (fp32 std) |",
              "|---:|---|---:|---:|---:|---:|---:|"]
@@ -101,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("multirun", type=Path, help="the multirun folder of the parity sweep")
     parser.add_argument("--json", type=Path, help="also write the rows and the verdict here")
+    parser.add_argument("--crossed", type=Path, help="folder of the crossed fine-tunings (see the docstring)")
     args = parser.parse_args(argv)
     if not args.multirun.is_dir():
         print(f"error: {args.multirun} is not a folder; give the multirun folder pscl-train -m printed", file=sys.stderr)
@@ -114,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     print(f"\nparity {'holds' if holds else 'does not hold'} at {max(r['steps'] for r in rows)} steps "
           f"(|mean difference| <= fp32 round spread, fine-tuned and probe Dice)")
+    if args.crossed:
+        print("\ncrossed: each pretraining fine-tuned in both precisions (rounds in label_seed order)\n")
+        print(crossed_markdown(crossed_points(args.multirun, args.crossed)))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "parity": holds}, indent=1), encoding="utf-8")
     return 0 if holds else 3

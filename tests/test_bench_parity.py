@@ -65,3 +65,22 @@ def test_unusable_folder_is_a_user_error(parity, tmp_path: Path, capsys) -> None
     assert parity.main([str(tmp_path / "absent")]) == 2
     assert parity.main([str(tmp_path)]) == 2
     assert "no finished job" in capsys.readouterr().err
+
+
+def test_crossed_runs_separate_pretraining_from_fine_tuning(parity, tmp_path: Path, capsys) -> None:
+    sweep = _sweep(tmp_path / "sweep", 0.08)
+    runs = tmp_path / "crossed"
+    for seed in range(3):  # job 3 + seed is the bf16 pretraining of round `seed`; fine-tune it in fp32
+        run = runs / str(seed)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"trainer": {"precision": "32-true"}, "pretrained_ckpt": str(sweep / str(3 + seed) / "pretrain" / "pretrained.pt")}))
+        (run / "metrics.json").write_text(json.dumps({"label_seed": seed, "test": {"dice": 0.6 + seed / 10},
+                                                      "probe": {"dice": 0.3}}))
+    points = parity.crossed_points(sweep, runs)
+    assert points[("bf16-mixed", "32-true", 1)] == (pytest.approx(0.7), 0.3)
+    assert points[("32-true", "32-true", 2)] == (pytest.approx(0.70), pytest.approx(0.50))  # the sweep's final snapshot
+    assert points[("bf16-mixed", "bf16-mixed", 0)][0] == pytest.approx(0.58)
+    assert parity.main([str(sweep), "--crossed", str(runs)]) == 3
+    out = capsys.readouterr().out
+    assert "| bf16-mixed | 32-true | 0.600 / 0.700 / 0.800 | 0.700 ± 0.100 | 0.300 / 0.300 / 0.300 |" in out
