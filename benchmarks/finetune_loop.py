@@ -2,9 +2,10 @@
 
 The paper fine-tunes on one annotated image for 1000 epochs of a single step. Every epoch
 carries Lightning's loop overhead (dataloader iterator, callbacks, logging, checkpoint checks),
-which on a GPU could outweigh a step. This runs pscl's real fine-tuning (``pscl.train.finetune``,
-with the configured callbacks and loggers) on a tiny network and a 32 px crop, so that the step
-itself costs almost nothing, in two shapes with the same number of optimiser steps:
+which on a GPU could outweigh a step. This runs pscl's real fine-tuning
+(``pscl.training.finetuning.finetune``, with the configured callbacks and loggers) on a tiny
+network and a 32 px crop, so that the step itself costs almost nothing, in two shapes with the
+same number of optimiser steps:
 
 * ``epochs``: ``--steps`` epochs of 1 step (the paper's shape, ``samples_per_epoch=1``);
 * ``steps``: 1 epoch of ``--steps`` steps (``samples_per_epoch=--steps``).
@@ -46,7 +47,8 @@ def _time_finetune(root: Path, out: Path, epochs: int, samples_per_epoch: int) -
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import finetune, instantiate
+    from pscl.training.build import instantiate
+    from pscl.training.finetuning import finetune
 
     GlobalHydra.instance().clear()
     overrides = ["experiment=paper_pscl_simclr", "method=supervised", "trainer=cpu", "data=folder",

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pscl.contrastive.sampling import DEFAULT_LIST_SIZE, similarity_guided_sample_batch
+    from pscl.contrastive.matching import DEFAULT_LIST_SIZE
+    from pscl.contrastive.sampling import similarity_guided_sample_batch
 
     inputs = record_matching_inputs(args.config, args.train_steps)
     print(f"{args.config}, after {args.train_steps} training steps; ms per scale (best of {args.repeats})")

@@ -1,4 +1,4 @@
-"""Benchmark: what the checks before training cost (pscl.checks.pool and the cache key's hashes).
+"""Benchmark: what the checks before training cost (pscl.data.image_checks and the cache key's hashes).
 
 For a data folder (or the embedded synthetic data), times three things on the pretraining pool:
 hashing every file (SHA-256, as the pretraining cache key does), the first pool check (decode
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from pscl.checks.pool import check_pool
+    from pscl.data.image_checks import check_pool
     from pscl.data.datamodule import MicrographDataModule
     from pscl.integrity import hashing
 

@@ -36,7 +36,7 @@ def _prepare(folder: Path, size: int) -> tuple[Path, Path]:
     import torch
 
     from pscl.models.unet import UNet
-    from pscl.predict.model import save_model
+    from pscl.models.model_file import save_model
 
     from scipy.ndimage import gaussian_filter
 
@@ -58,7 +58,7 @@ def _part(name: str, image_path: Path, model_path: Path, repeats: int, tile: int
     """One timed part, run in this process (called in a child by :func:`main`)."""
     import torch
 
-    from pscl.predict.model import load_trained_model
+    from pscl.models.model_file import load_trained_model
     from pscl.predict.runner import prepare_input
     from pscl.predict.tiling import TileSettings, segment, window_count
 

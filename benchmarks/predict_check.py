@@ -19,7 +19,7 @@ from PIL import Image
 
 from pscl.metrics import SegmentationMetrics
 from pscl.predict.cli import run
-from pscl.predict.model import load_trained_model
+from pscl.models.model_file import load_trained_model
 
 
 def check(run_dir: Path, data: Path, out: Path) -> bool:

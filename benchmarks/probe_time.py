@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_module
 
     from pscl.probe import ProbeSettings, probe_backbone
-    from pscl.train import instantiate
+    from pscl.training.build import instantiate
 
     with initialize_config_module(config_module="pscl.conf", version_base="1.3"):
         cfg = compose("train", overrides=["experiment=quick", "paths.output_dir=/tmp/pscl-probe-bench"])

@@ -1,6 +1,6 @@
 """A table of bad inputs: each gives its exit code and a one-line message naming the key or file.
 
-Cases run pscl-train's command line in-process (``pscl.train.run_cli`` on a patched ``sys.argv``),
+Cases run pscl-train's command line in-process (``pscl.training.app.run_cli`` on a patched ``sys.argv``),
 so the table stays fast; ``test_the_real_command_line`` checks two of them in a subprocess.
 Exit codes: 2 a user error, 3 a diverged training (tests/test_run_states.py), 1 a crash; a few
 cases are inputs that must *work* (code 0). Every case leaves the data folder as it was: the
@@ -251,7 +251,7 @@ def _fill(text: str, root: Path, tmp: Path) -> str:
 def test_bad_input(case: Case, make_folder, tmp_path: Path, monkeypatch, capsys) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
 
     root = make_folder(n=6)
     if case.prepare:
@@ -280,7 +280,7 @@ def test_bad_input(case: Case, make_folder, tmp_path: Path, monkeypatch, capsys)
 def test_a_failed_single_run_leaves_failed_not_running(make_folder, tmp_path: Path, monkeypatch, capsys) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
 
     root = make_folder(n=6)
     _remove_mask(root, tmp_path)

@@ -21,7 +21,7 @@ from conftest import draw_sample, tree_hashes, write_image
 from test_integrity import write_crafted_checkpoint
 from test_security import hub_config, nested_config
 
-from pscl.predict.model import save_model
+from pscl.models.model_file import save_model
 
 CLASSES = ("matrix", "phase1", "phase2")
 BACKBONE = {"_target_": "pscl.models.unet.UNet", "widths": [8, 16, 16, 32], "channels_last": False,
@@ -224,7 +224,7 @@ def _resumable(root: Path, tmp: Path, overrides: list[str] | None = None) -> Pat
 def _resume(run: Path, tmp: Path, monkeypatch, capsys, value: str | None = None) -> tuple[int, str]:
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
 
     monkeypatch.setattr(sys, "argv", ["pscl-train", f"resume={value or run}"])
     monkeypatch.setenv("PSCL_CACHE_DIR", str(tmp / "cache"))
@@ -342,7 +342,7 @@ def test_resume_accepts_any_path_a_run_can_be_written_to(make_folder, tmp_path: 
     and resuming never rewrites its .hydra/ record."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
 
     root = make_folder(n=6)
     run = tmp_path / "my runs ü" / "a b'c"

@@ -25,7 +25,7 @@ from PIL import Image
 from conftest import draw_sample, write_image
 from pscl.predict import export as export_cli
 from pscl.predict.cli import run as predict
-from pscl.predict.model import save_model
+from pscl.models.model_file import save_model
 from test_predict import BACKBONE, CLASSES, _backbone, _images
 
 IMAGE_SIZE = (40, 48)

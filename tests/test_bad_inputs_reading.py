@@ -24,7 +24,7 @@ from pscl.data.io import DEFAULT_MAX_IMAGE_PIXELS, image_size, max_image_pixels,
 from pscl.data.text import read_text
 from pscl.errors import ConfigError, DataError
 from pscl.predict.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USER_ERROR, run
-from pscl.predict.model import save_model
+from pscl.models.model_file import save_model
 from test_bad_inputs import _reopen_log_streams
 from test_predict import BACKBONE, CLASSES, _backbone, _images
 

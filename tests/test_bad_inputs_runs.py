@@ -331,22 +331,22 @@ def test_a_planted_cache_entry_is_moved_aside_and_replaced(make_folder, tmp_path
     from conftest import compose_config
     from test_integrity import write_crafted_checkpoint
 
-    import pscl.train as train_module
-    from pscl import pretrain_cache
+    import pscl.training.pretraining as pretraining_module
+    from pscl.training import pretrain_cache
     from pscl.integrity import hash_file
-    from pscl.transfer import save_pretrained
+    from pscl.models.transfer import save_pretrained
 
     root = make_folder(n=4)
     pool = _Pool(sorted((root / "images").glob("*.png")))
     runs: list[Path] = []
 
-    def fake_pretrain(cfg, datamodule, output_dir: Path) -> train_module.Pretraining:
+    def fake_pretrain(cfg, datamodule, output_dir: Path) -> pretraining_module.Pretraining:
         runs.append(output_dir)
         weights = {"encoder.w": torch.full((3,), float(len(runs)))}
         save_pretrained(weights, output_dir / "pretrain" / "pretrained.pt", {"method": "simclr"})
-        return train_module.Pretraining(weights, {"reused": False, "key": None, "source": "fake"}, [])
+        return pretraining_module.Pretraining(weights, {"reused": False, "key": None, "source": "fake"}, [])
 
-    monkeypatch.setattr(train_module, "pretrain", fake_pretrain)
+    monkeypatch.setattr(pretraining_module, "pretrain", fake_pretrain)
     overrides = ["method=simclr", "data=folder", f"data.root={root}"]
     cfg = compose_config(overrides, tmp_path / "run1")
     key = pretrain_cache.pretraining_key(pretrain_cache.pretraining_config(cfg, pool.files))
@@ -356,7 +356,7 @@ def test_a_planted_cache_entry_is_moved_aside_and_replaced(make_folder, tmp_path
     (entry / "entry.json").write_text(json.dumps({"sha256": {"pretrained.pt": hash_file(entry / "pretrained.pt")}}))
 
     with caplog.at_level(logging.WARNING, logger="pscl.pretrain_cache"):
-        first = train_module.pretrain_or_reuse(cfg, pool, tmp_path / "run1")
+        first = pretraining_module.pretrain_or_reuse(cfg, pool, tmp_path / "run1")
     (aside,) = entry.parent.glob(f"{entry.name}.broken-*")
     assert runs == [tmp_path / "run1"] and not first.info["reused"]
     assert "refused" in caplog.text and str(entry) in caplog.text and str(aside) in caplog.text
@@ -364,7 +364,7 @@ def test_a_planted_cache_entry_is_moved_aside_and_replaced(make_folder, tmp_path
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pscl.pretrain_cache"):
-        second = train_module.pretrain_or_reuse(compose_config(overrides, tmp_path / "run2"), pool, tmp_path / "run2")
+        second = pretraining_module.pretrain_or_reuse(compose_config(overrides, tmp_path / "run2"), pool, tmp_path / "run2")
     assert runs == [tmp_path / "run1"] and second.info["reused"]  # no second pretraining
     assert torch.equal(second.weights["encoder.w"], torch.ones(3))
     assert [r.getMessage() for r in caplog.records if r.name == "pscl.pretrain_cache"] == []
@@ -375,9 +375,9 @@ def test_store_replaces_a_broken_entry_but_keeps_a_healthy_one(tmp_path: Path, c
     """reuse_pretraining=false skips the lookup: store itself must not keep a broken entry forever."""
     from test_integrity import write_crafted_checkpoint
 
-    from pscl import pretrain_cache
+    from pscl.training import pretrain_cache
     from pscl.integrity import hash_file
-    from pscl.transfer import save_pretrained
+    from pscl.models.transfer import save_pretrained
 
     entry = tmp_path / "cache" / "pretrained" / "simclr-0123"
     marker = tmp_path / "payload_ran"
@@ -424,7 +424,7 @@ def test_command_arg_survives_the_shell_and_hydra(value: str) -> None:
 
 
 def test_predict_command_quotes_its_paths(tmp_path: Path) -> None:
-    from pscl.train import predict_command
+    from pscl.training.pipeline import predict_command
 
     run, data = tmp_path / "runs ü" / "it's", tmp_path / "data $x"
     (data / "images").mkdir(parents=True)
@@ -440,7 +440,7 @@ def test_the_printed_finetune_command_runs_as_printed(make_folder, tmp_path: Pat
     from omegaconf import OmegaConf
 
     from pscl.runs.quoting import hydra_value
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
 
     root = make_folder("my data ü", n=6)  # a carried override that needs Hydra's quotes too
     run_dir = tmp_path / "runs ü" / "pre"

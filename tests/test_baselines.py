@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose_config
-from pscl.contrastive.losses import queue_info_nce
-from pscl.data.image_views import TwoAugmentedViews
+from pscl.contrastive.info_nce import queue_info_nce
+from pscl.data.independent_views import TwoAugmentedViews
 from pscl.errors import ConfigError
 from pscl.models.unet import UNet
 from pscl.modules.byol import BYOLModule
 from pscl.modules.densecl import DenseCLModule, grid_rows
 from pscl.modules.moco import MoCoModule
 from pscl.modules.simclr import SimCLRModule
-from pscl.train import train
+from pscl.training.pipeline import train
 
 WIDTHS = (8, 16, 32, 64)
 TINY_SYNTH = ["data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=64",

@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from pscl.contrastive import losses, sampling
+from pscl.contrastive import info_nce, matching, sampling
 from pscl.contrastive.queues import FeatureQueue
 from pscl.models.unet import UNet
 from pscl.modules.pscl import PSCLModule
@@ -71,28 +71,23 @@ def test_with_the_same_cells_bf16_loss_and_gradients_are_within_tolerance() -> N
 # ---------------------------------------------------------------------------- fp32 matching
 
 def _record_similarity_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
-    """Record the dtype of every similarity matrix the greedy matchers receive and of every product
-    computed for them (the batched path copies the products into a float32 matrix, which would hide
-    bf16 products)."""
+    """Record the dtype of every similarity matrix the greedy matcher receives (one image or several:
+    every matching goes through ``matching.greedy_match_batched``) and of every product computed for it
+    (the batched path copies the products into a float32 matrix, which would hide bf16 products)."""
     seen: list[torch.dtype] = []
-    one, batched, product = sampling._greedy_match, sampling._greedy_match_batched, sampling._cells_major_similarity
+    batched, product = matching.greedy_match_batched, sampling._cells_major_similarity
 
     def record_product(unit_templates: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         sim = product(unit_templates, candidates)
         seen.append(sim.dtype)
         return sim
 
-    def record_one(sim: torch.Tensor, list_size: int) -> torch.Tensor:
-        seen.append(sim.dtype)
-        return one(sim, list_size)
-
     def record_batched(sim: torch.Tensor, valid: torch.Tensor, list_size: int) -> torch.Tensor:
         seen.append(sim.dtype)
         return batched(sim, valid, list_size)
 
     monkeypatch.setattr(sampling, "_cells_major_similarity", record_product)
-    monkeypatch.setattr(sampling, "_greedy_match", record_one)
-    monkeypatch.setattr(sampling, "_greedy_match_batched", record_batched)
+    monkeypatch.setattr(matching, "greedy_match_batched", record_batched)
     return seen
 
 
@@ -144,9 +139,9 @@ def test_losses_under_bf16_autocast_equal_float32_losses_of_upcast_inputs() -> N
     weights = torch.rand(3, 4)
 
     def all_losses(q: torch.Tensor, k: torch.Tensor, keys: torch.Tensor) -> list[torch.Tensor]:
-        return [losses.nt_xent(q, k), losses.class_masked_nt_xent(q, k, slots),
-                losses.soft_contrastive_loss(q, k, bank, targets, bank_valid=valid),
-                losses.queue_info_nce(q, k, bank, bank_valid=valid), losses.class_prototypes(keys, weights)]
+        return [info_nce.nt_xent(q, k), info_nce.class_masked_nt_xent(q, k, slots),
+                info_nce.soft_contrastive_loss(q, k, bank, targets, bank_valid=valid),
+                info_nce.queue_info_nce(q, k, bank, bank_valid=valid), info_nce.class_prototypes(keys, weights)]
 
     with torch.autocast("cpu", dtype=BF16):
         under_autocast = all_losses(q, k, keys)

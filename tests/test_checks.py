@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config
-from pscl.checks import pool as pool_module
 from pscl.checks.config import CONFIG_RULES, Rule, check_config
 from pscl.checks.folders import check_log_folder, log_folder
+from pscl.data import image_checks
 from pscl.errors import ConfigError, DataError
 
 
@@ -61,30 +61,30 @@ def _pool(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[Path]:
 
 def test_pool_check_decodes_once_and_then_remembers(tmp_path: Path, monkeypatch) -> None:
     paths = _pool(tmp_path, [(40, 50), (64, 64)])
-    sizes = pool_module.check_pool(paths, 1, 32, tmp_path / "cache")
+    sizes = image_checks.check_pool(paths, 1, 32, tmp_path / "cache")
     assert sizes == {paths[0]: (40, 50), paths[1]: (64, 64)}
     assert len(list((tmp_path / "cache" / "checked").glob("pool-*.json"))) == 1
 
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(pool_module, "_decode", refuse)
-    assert pool_module.check_pool(paths, 1, 32, tmp_path / "cache") == sizes
+    monkeypatch.setattr(image_checks, "_decode", refuse)
+    assert image_checks.check_pool(paths, 1, 32, tmp_path / "cache") == sizes
     # known sizes (already decoded annotated images) are not decoded either
     other = _pool(tmp_path / "other", [(33, 33)])
-    assert pool_module.check_pool(other, 1, 32, None, known={other[0]: (33, 33)}) == {other[0]: (33, 33)}
+    assert image_checks.check_pool(other, 1, 32, None, known={other[0]: (33, 33)}) == {other[0]: (33, 33)}
 
 
 def test_pool_check_refuses_small_and_corrupt_images(tmp_path: Path) -> None:
     paths = _pool(tmp_path, [(64, 64), (20, 30)])
     with pytest.raises(DataError) as info:
-        pool_module.check_pool(paths, 1, 32, tmp_path / "cache")
+        image_checks.check_pool(paths, 1, 32, tmp_path / "cache")
     assert str(info.value).startswith(f"{paths[1]}: is 30x20, smaller than data.crop_size=32")
     assert "data.crop_size<=20" in str(info.value)
-    assert pool_module.check_pool(paths, 1, None, tmp_path / "cache")  # whole images: any size
+    assert image_checks.check_pool(paths, 1, None, tmp_path / "cache")  # whole images: any size
     paths[0].write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"p0\.png: cannot be read as an image"):
-        pool_module.check_pool(paths, 1, 16, tmp_path / "cache")
+        image_checks.check_pool(paths, 1, 16, tmp_path / "cache")
 
 
 def test_meta_csv_gaps_are_named(make_folder, caplog) -> None:

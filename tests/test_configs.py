@@ -65,7 +65,7 @@ def test_configs_ship_inside_the_package() -> None:
 
 
 def test_quick_recipe_fast_dev_run(tmp_path: Path) -> None:
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     cfg = compose_config(["experiment=quick", "debug=fast_dev_run", "data.synthetic.counts=[2,2,2]",
                           "data.synthetic.size=160", "logger=csv"], tmp_path / "run")

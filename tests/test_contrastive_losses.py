@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from pscl.contrastive.losses import (
+from pscl.contrastive.info_nce import (
     class_masked_nt_xent,
     class_prototypes,
     gather,

@@ -19,8 +19,8 @@ from pscl.embed.maps import embed_2d
 from pscl.embed.networks import pretrained_network, random_network, read_run
 from pscl.errors import EXIT_USER_ERROR
 from pscl.models.unet import UNet
-from pscl.predict.model import save_model
-from pscl.transfer import save_pretrained
+from pscl.models.model_file import save_model
+from pscl.models.transfer import save_pretrained
 
 CLASSES = ("matrix", "phase1", "phase2")
 BACKBONE = {"_target_": "pscl.models.unet.UNet", "widths": [8, 16, 16, 32], "channels_last": False,
@@ -183,7 +183,7 @@ def test_renormalise_gives_the_model_its_own_statistics() -> None:
 def test_online_probe_logs_pixels_to_the_projector(make_folder, tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from pscl.callbacks.probe import OnlineProbe
+    from pscl.training.online_probe import OnlineProbe
     from pscl.data.datamodule import MicrographDataModule
 
     root = make_folder(name="probe_data", n=4, size=(48, 48), splits={"train": ["img00", "img01"],

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pscl.predict.export import run
-from pscl.predict.model import load_trained_model, save_model
+from pscl.models.model_file import load_trained_model, save_model
 from test_predict import BACKBONE, CLASSES, _backbone
 
 # the child process cannot import pscl: the module name is blocked before anything else runs

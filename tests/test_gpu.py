@@ -64,7 +64,7 @@ def test_similarity_matching_is_the_same_on_cuda() -> None:
 
 
 def test_losses_and_queues_are_the_same_on_cuda() -> None:
-    from pscl.contrastive.losses import nt_xent
+    from pscl.contrastive.info_nce import nt_xent
     from pscl.contrastive.queues import FeatureQueue
 
     generator = torch.Generator().manual_seed(4)
@@ -81,7 +81,7 @@ def test_losses_and_queues_are_the_same_on_cuda() -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_fast_dev_run_of_every_method_on_the_gpu(method: str, tmp_path: Path) -> None:
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     trainer = "trainer=gpu" if CUDA.type == "cuda" else "trainer=cpu"
     overrides = [f"method={method}", trainer, "debug=fast_dev_run", "data.synthetic.counts=[4,4,4]",

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pscl import pretrain_cache
+from pscl.training import pretrain_cache
 from pscl.errors import DataError
 from pscl.integrity import (NonFiniteError, UnsafeCheckpointError, assert_finite, atomic_write_text, copy_atomic,
                             file_lock, hash_file, load_weights)
-from pscl.transfer import load_pretrained, save_pretrained
+from pscl.models.transfer import load_pretrained, save_pretrained
 
 
 class _Payload:

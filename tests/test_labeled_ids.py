@@ -58,7 +58,7 @@ def datamodule(root: Path, **kwargs) -> MicrographDataModule:
 # ----------------------------------------------------------------------------- training uses the choice
 def test_a_selection_feeds_training_and_metrics_carry_exactly_its_ids(root: Path, tmp_path: Path, capsys) -> None:
     from pscl.reporting.report import write_report
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     chosen = ["10_007", "15_016", "03_010"]  # not sorted: the selection's order is kept
     selection = write_selection(tmp_path / "selection.json", chosen, features=["dino", {"evil": 1}])
@@ -89,7 +89,7 @@ def test_a_selection_feeds_training_and_metrics_carry_exactly_its_ids(root: Path
 
 
 def test_a_list_on_the_command_line_feeds_training(root: Path, tmp_path: Path) -> None:
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     run = tmp_path / "run"
     cfg = compose_config(overrides(root, "data.labeled_ids=[15_016,03_002]", "data.num_labeled=5", *QUICK), run)
@@ -104,7 +104,7 @@ def test_a_list_on_the_command_line_feeds_training(root: Path, tmp_path: Path) -
 
 def test_a_run_choosing_its_images_records_the_strategy_and_seed(root: Path, tmp_path: Path) -> None:
     from pscl.select.choose import choose_training_images
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     run = tmp_path / "run"
     train(compose_config(overrides(root, "data.labeled_ids=select:coverage:4", "data.num_labeled=2", *QUICK), run))
@@ -219,7 +219,7 @@ def test_a_bad_value_is_one_message_exit_2_and_nothing_is_written(name: str, ext
                                                                    capsys) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
     from test_bad_inputs import _reopen_log_streams
 
     value = "[15_016]" if name == "ids with num_labeled=all" else _spoil(name, tmp_path)
@@ -247,7 +247,8 @@ def _identity(root: Path, tmp_path: Path, method: str, *extra: str,
     """The pretraining cache's config and key of a run; ``without_key``: as before data.labeled_ids existed."""
     from omegaconf import open_dict
 
-    from pscl.train import instantiate, pretraining_identity
+    from pscl.training.build import instantiate
+    from pscl.training.pretraining import pretraining_identity
 
     cfg = compose_config(overrides(root, f"method={method}", "data.unlabeled_batch_size=2", *extra), tmp_path / "run")
     if without_key:
@@ -315,7 +316,7 @@ def test_an_interrupted_run_with_a_list_resumes_from_the_command_line(root: Path
                                                                       capsys) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
     from test_bad_inputs import _reopen_log_streams
 
     run = tmp_path / "run"
@@ -339,7 +340,7 @@ def test_an_interrupted_run_with_a_list_resumes_from_the_command_line(root: Path
 
 def test_a_resume_after_the_selection_changed_is_refused(root: Path, tmp_path: Path, monkeypatch) -> None:
     from pscl.runs import read_state
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     selection = write_selection(tmp_path / "selection.json", ["15_016", "03_002"])
     run = tmp_path / "run"
@@ -360,7 +361,7 @@ def test_a_resume_after_the_selection_changed_is_refused(root: Path, tmp_path: P
 def test_a_resume_after_the_selection_changed_keeps_no_pscl_pretraining_of_the_old_one(
         root: Path, tmp_path: Path, monkeypatch) -> None:
     """PSCL's finished pretraining sampled from the images the run started with: not reused for others."""
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     selection = write_selection(tmp_path / "selection.json", ["15_016", "03_002"])
     run = tmp_path / "run"

@@ -61,3 +61,33 @@ def test_metrics_by_hand() -> None:
     metrics.reset()
     metrics.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
     assert metrics.compute()["acc"] == pytest.approx(1.0)
+
+
+def test_dice_from_counts_is_torchmetrics_f1_bit_for_bit() -> None:
+    """pscl.dice computes every Dice pscl reports; on torch counts it must give torchmetrics' F1
+    exactly (the runs' metrics.json held its values), also where float32 rounds counts above 2**24."""
+    import numpy as np
+    from torchmetrics.classification import MulticlassF1Score
+
+    from pscl.dice import class_dice, dice_counts, foreground_dice
+
+    # (tp, fp, fn) per class; the last two round differently when summed in another order or in float64
+    counts = torch.tensor([[0, 0, 0], [3, 1, 2], [120737318, 82447848, 15688436], [130806732, 45226852, 116663476]])
+    tp, fp, fn = counts.T
+    reference = MulticlassF1Score(4, average="none", multidim_average="global")
+    reference.tp, reference.fp, reference.fn, reference.tn = tp, fp, fn, torch.zeros_like(tp)
+    reference._update_count = 1
+    expected = reference.compute()
+    got = class_dice(tp, fp, fn)
+    assert got.dtype == torch.float32 and math.isnan(got[0])  # a class in neither: NaN here, 0 in torchmetrics
+    assert torch.equal(got[1:], expected[1:]) and expected[0] == 0
+    assert foreground_dice(got) == float(got[1:].mean())
+    # NumPy counts: float64, the same pixels counted, absent classes left out of the mean
+    prediction = np.array([[0, 1, 1, 2], [2, 2, 0, 3]])
+    truth = np.array([[0, 1, 2, 2], [255, 2, 0, 0]])
+    tp, fp, fn = dice_counts(prediction, truth, 5)
+    assert tp.tolist() == [2, 1, 2, 0, 0] and fp.tolist() == [0, 1, 0, 1, 0] and fn.tolist() == [1, 0, 1, 0, 0]
+    per_class = class_dice(tp, fp, fn)
+    assert per_class.dtype == np.float64 and math.isnan(per_class[4])
+    assert foreground_dice(per_class) == pytest.approx((2 / 3 + 4 / 5 + 0) / 3)
+    assert math.isnan(foreground_dice(class_dice(*dice_counts(np.zeros((2, 2)), np.zeros((2, 2)), 3))))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import compose_config, draw_sample
 from pscl.data.transforms import normalise_whole_image, standardise_image
-from pscl.predict.model import load_trained_model, save_model
+from pscl.models.model_file import load_trained_model, save_model
 from test_predict import BACKBONE, CLASSES, _backbone
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -103,7 +103,7 @@ def test_a_constant_image_becomes_finite_zeros() -> None:
 
 def test_pretraining_views_are_standardised_with_the_whole_image() -> None:
     from pscl.data.datasets import ViewsDataset
-    from pscl.data.views import TwoViews
+    from pscl.data.views_with_geometry import TwoViews
 
     image = _as_float(_levels(size=(48, 48)))
     changed = SCALE * image + SHIFT / 255
@@ -192,7 +192,7 @@ def test_the_torchscript_export_standardises_each_image(tmp_path: Path) -> None:
 def test_training_with_per_image_records_it_in_the_model(method: list[str], make_folder, tmp_path: Path,
                                                          monkeypatch) -> None:
     import pscl.data.datasets as datasets
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     standardised: list[str] = []
     original = datasets._standardise_views
@@ -211,7 +211,7 @@ def test_training_with_per_image_records_it_in_the_model(method: list[str], make
 def test_a_bogus_normalisation_is_a_config_error(make_folder, tmp_path: Path, monkeypatch, capsys) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
-    from pscl.train import run_cli
+    from pscl.training.app import run_cli
     from test_bad_inputs import _reopen_log_streams
 
     root = make_folder(n=6)
@@ -228,7 +228,7 @@ def test_a_bogus_normalisation_is_a_config_error(make_folder, tmp_path: Path, mo
 
 
 def test_the_pretraining_key_depends_on_the_normalisation(make_folder, tmp_path: Path) -> None:
-    from pscl import pretrain_cache
+    from pscl.training import pretrain_cache
 
     root = make_folder(n=4)
     pool = sorted((root / "images").glob("*.png"))

@@ -69,7 +69,7 @@ def test_cli_rejects_an_unknown_allocator(tmp_path: Path, monkeypatch) -> None:
 def test_the_entry_point_chooses_the_allocator_before_importing_torch() -> None:
     """Re-executing after torch is loaded would load it twice; pscl.cli decides before that."""
     code = ("import sys, pscl.cli, pscl.perf; pscl.perf.mimalloc_environment(); "
-            "print('torch' in sys.modules, 'pscl.train' in sys.modules)")
+            "print('torch' in sys.modules, 'pscl.training' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -21,7 +21,7 @@ from pscl.integrity import UnsafeCheckpointError
 from pscl.models.unet import UNet
 from pscl.predict.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USER_ERROR, run
 from pscl.predict.inputs import collect_images, read_meta
-from pscl.predict.model import load_trained_model, save_model
+from pscl.models.model_file import load_trained_model, save_model
 
 CLASSES = ("matrix", "phase1", "phase2")
 BACKBONE = {"_target_": "pscl.models.unet.UNet", "widths": [8, 16, 16, 32], "channels_last": False,
@@ -238,7 +238,7 @@ def test_bad_arguments_are_one_message(model_file: Path, tmp_path: Path, capsys)
 # ------------------------------------------------------------------- the run's own model, end to end
 def test_predict_on_a_runs_test_images_gives_its_test_dice_exactly(make_folder, tmp_path: Path, capsys) -> None:
     from pscl.metrics import SegmentationMetrics
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     root = make_folder(n=10, size=(64, 72), groups=["x", "y"])
     overrides = ["data=folder", f"data.root={root}", "data.crop_size=32", "data.batch_size=4",

@@ -11,8 +11,8 @@ import torch
 
 from conftest import compose_config
 from pscl.errors import ConfigError
-from pscl.train import train
-from pscl.transfer import load_pretrained, read_meta
+from pscl.training.pipeline import train
+from pscl.models.transfer import load_pretrained, read_meta
 
 # a tiny network on tiny crops; one short fine-tuning
 TINY = ["data=folder", "backbone=unet_small", "backbone.widths=[4,8,16,32]", "data.crop_size=32", "logger=csv",
@@ -93,10 +93,11 @@ def test_step_snapshots_are_written_reused_and_found_on_resume(make_folder, tmp_
     run = tmp_path / "interrupted"
     local = [*args, "reuse_pretraining=false"]
     with monkeypatch.context() as patch:
-        patch.setattr("pscl.train.evaluate_weights", _raise_interrupted)
+        patch.setattr("pscl.training.evaluation.evaluate_weights", _raise_interrupted)  # the snapshot's
+        patch.setattr("pscl.training.pipeline.evaluate_weights", _raise_interrupted)  # and the final one's
         with pytest.raises(Interrupted):
             train(compose_config(local, run))
-    monkeypatch.setattr("pscl.train.pretrain", _refuse_pretraining)
+    monkeypatch.setattr("pscl.training.pretraining.pretrain", _refuse_pretraining)
     resumed = train(compose_config([*local, f"resume={run}"], run))
     assert resumed["pretraining"]["source"] == str(run / "pretrain" / "pretrained.pt")
     assert [(p["epoch"], p["steps"]) for p in resumed["snapshots"]] == [(1, 2), (3, 5)]
@@ -140,7 +141,7 @@ def _sweep(experiment: str) -> dict[str, list[str]]:
 
 def test_pretrain_long_composes_for_every_method_of_its_sweep(tmp_path: Path) -> None:
     from pscl.checks import check_config
-    from pscl.train import snapshot_steps
+    from pscl.training.pretraining_length import snapshot_steps
 
     sweep = _sweep("pretrain_long")
     assert sweep == {"method": ["supervised", "simclr", "moco", "pscl_simclr"], "data.label_seed": ["0", "1", "2"]}

@@ -143,7 +143,7 @@ TINY = ["data=synthetic", "data.synthetic.counts=[3,3,3]", "data.synthetic.size=
 
 
 def test_eval_probe_writes_metrics_and_floor(tmp_path: Path) -> None:
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     cfg = compose_config(["method=simclr", "method.pretrain_epochs=1", "eval.probe=true", *TINY], tmp_path / "run")
     results = train(cfg)
@@ -162,7 +162,7 @@ def test_eval_probe_writes_metrics_and_floor(tmp_path: Path) -> None:
 def test_online_probe_logs_to_tensorboard_without_changing_training(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     base = ["method=pscl_simclr", "method.pretrain_epochs=2", "stage=pretrain", *TINY]
     plain = train(compose_config(base, tmp_path / "plain"))
@@ -179,7 +179,7 @@ def test_online_probe_logs_to_tensorboard_without_changing_training(tmp_path: Pa
             assert [p.step for p in points] == [0, 2, 4]  # before training and after each epoch (2 steps each)
     assert {"probe/dice", "probe/acc", "probe/random_init_dice"} <= tags
     # the probe does not change what pretraining learns
-    from pscl.transfer import load_pretrained
+    from pscl.models.transfer import load_pretrained
 
     a = load_pretrained(tmp_path / "plain" / "pretrain" / "pretrained.pt")
     b = load_pretrained(tmp_path / "probed" / "pretrain" / "pretrained.pt")

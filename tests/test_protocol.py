@@ -9,7 +9,7 @@ import pytest
 
 from conftest import compose_config
 from pscl.errors import ConfigError
-from pscl.train import train
+from pscl.training.pipeline import train
 
 TINY = ["data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=64", "backbone=unet_small",
         "backbone.widths=[8,16,32,64]", "trainer.max_epochs=2", "data.samples_per_epoch=2", "data.batch_size=2"]

@@ -17,7 +17,7 @@ from pscl.errors import ConfigError
 from pscl.losses.segmentation import class_weights_from_counts
 from pscl.modules.segmentation import SegmentationModule
 from pscl.models.unet import UNet
-from pscl.train import train
+from pscl.training.pipeline import train
 
 TINY = ["data=synthetic", "data.synthetic.counts=[4,4,4]", "data.synthetic.size=64", "data.crop_size=32",
         "data.unlabeled_batch_size=3", "data.batch_size=2", "data.samples_per_epoch=4", "trainer.max_epochs=2",

@@ -13,8 +13,8 @@ from conftest import compose_config
 from pscl.errors import ConfigError, DataError
 from pscl.models.unet import UNet
 from pscl.modules.pscl import PSCLModule
-from pscl.train import train
-from pscl.transfer import load_pretrained, transfer_weights
+from pscl.training.pipeline import train
+from pscl.models.transfer import load_pretrained, transfer_weights
 
 WIDTHS = (8, 16, 32, 64)
 TINY_SYNTH = ["data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=64",

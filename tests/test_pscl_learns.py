@@ -26,8 +26,8 @@ LIFT = 0.11
 
 
 def _probe_lift(tmp_path: Path) -> tuple[float, list[dict]]:
-    from pscl.callbacks.probe import OnlineProbe
-    from pscl.train import train
+    from pscl.training.online_probe import OnlineProbe
+    from pscl.training.pipeline import train
 
     floors: list[float] = []
     original_log = OnlineProbe._log

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import compose_config
 from pscl.runs import read_state
-from pscl.train import train
+from pscl.training.pipeline import train
 
 TINY_SYNTH = ["data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=64",
               "data.unlabeled_batch_size=3", "backbone=unet_small", "backbone.widths=[8,16,32,64]", "logger=csv",
@@ -100,7 +100,7 @@ def test_resuming_a_finished_run_does_nothing(tmp_path: Path, monkeypatch) -> No
     def refuse(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr("pscl.train._train", refuse)
+    monkeypatch.setattr("pscl.training.pipeline._train", refuse)
     again = train(compose_config([*overrides, f"resume={folder}"], folder))
     assert again["test"] == first["test"] and (folder / "metrics.json").read_text() == before
 
@@ -135,19 +135,19 @@ def test_resume_argv_rebuilds_the_command(tmp_path: Path) -> None:
 def test_which_checkpoint_a_resumed_stage_continues_from(tmp_path: Path, monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from pscl.train import _resume_checkpoint
+    from pscl.training.build import resume_checkpoint
 
     checkpoints = tmp_path / "pretrain" / "checkpoints"
     checkpoints.mkdir(parents=True)
     fresh, resumed = OmegaConf.create({"resume": None}), OmegaConf.create({"resume": str(tmp_path)})
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
-    assert _resume_checkpoint(resumed, checkpoints) is None  # nothing saved yet: start the stage
+    assert resume_checkpoint(resumed, checkpoints) is None  # nothing saved yet: start the stage
     import torch
 
     torch.save({"state_dict": {}}, checkpoints / "last.ckpt")  # read the safe way before a stage resumes
-    assert _resume_checkpoint(fresh, checkpoints) is None
-    assert _resume_checkpoint(resumed, checkpoints) == checkpoints / "last.ckpt"
+    assert resume_checkpoint(fresh, checkpoints) is None
+    assert resume_checkpoint(resumed, checkpoints) == checkpoints / "last.ckpt"
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job resumes by itself
-    assert _resume_checkpoint(fresh, checkpoints) == checkpoints / "last.ckpt"
+    assert resume_checkpoint(fresh, checkpoints) == checkpoints / "last.ckpt"
     torch.save({"state_dict": {}}, tmp_path / "pretrain" / "hpc_ckpt_1.ckpt")  # Lightning's, newer: it loads that
-    assert _resume_checkpoint(fresh, checkpoints) is None
+    assert resume_checkpoint(fresh, checkpoints) is None

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import compose_config
-from pscl.callbacks.divergence import StopOnDivergence
+from pscl.training.stop_on_divergence import StopOnDivergence
 from pscl.integrity import NonFiniteError, first_non_finite, load_weights
-from pscl.reporting.report import collect_runs, markdown, summarize
+from pscl.reporting.run_records import collect_runs
+from pscl.reporting.tables import markdown, summarize
 from pscl.runs import FAILED, METRICS, RUNNING, read_state, run_markers
-from pscl.train import train
+from pscl.training.pipeline import train
 
 TINY_SYNTH = ["data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=64",
               "data.unlabeled_batch_size=3", "backbone=unet_small", "backbone.widths=[8,16,32,64]", "logger=csv",

@@ -1,4 +1,4 @@
-"""Patch sampling (pscl.contrastive.sampling): label-guided, random and similarity-guided."""
+"""Patch sampling (pscl.contrastive.sampling) and its greedy matching (pscl.contrastive.matching)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pscl.contrastive.matching import greedy_match, top_lists
 from pscl.contrastive.sampling import (
-    _greedy_match,
-    _top_lists,
     label_guided_sample,
     random_sample,
     similarity_guided_sample,
@@ -190,7 +189,7 @@ def test_stronger_template_that_lost_its_first_choice_beats_a_weaker_proposer() 
     # t0 takes cell 0; t1 (who first wanted cell 0) must then get cell 1, although only t2 proposed
     # cell 1 in the first round - a "best proposer wins" round rule would give cell 1 to t2
     sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.7, 0.0], [0.0, 0.6, 0.5]])
-    assert _greedy_match(sim, 3).tolist() == [0, 1, 2]
+    assert greedy_match(sim, 3).tolist() == [0, 1, 2]
     assert reference_on_sim(sim).tolist() == [0, 1, 2]
 
 
@@ -231,8 +230,8 @@ def test_ties_follow_the_documented_order(seed: int, num_cells: int) -> None:
     sim = torch.randint(0, 3, (12, num_cells), generator=g).float()
     expected = reference_on_sim(sim)
     for list_size in (1, 3, 8, 20):
-        assert torch.equal(_greedy_match(sim, list_size), expected), list_size
-        assert torch.equal(_greedy_match(cells_major(sim), list_size), expected), list_size
+        assert torch.equal(greedy_match(sim, list_size), expected), list_size
+        assert torch.equal(greedy_match(cells_major(sim), list_size), expected), list_size
 
 
 @pytest.mark.parametrize("kind", ["random", "ties"])
@@ -243,7 +242,7 @@ def test_block_maximum_lists_hold_the_largest_values(kind: str, num_templates: i
         sim = torch.randint(0, 4, (num_templates, num_cells), generator=g).float()
     else:
         sim = torch.randn(num_templates, num_cells, generator=g)
-    values, cells = _top_lists(cells_major(sim), width)
+    values, cells = top_lists(cells_major(sim), width)
     assert values.shape == cells.shape == (num_templates, width)
     # the listed cells are distinct, carry their own values, and are the row's `width` largest
     assert all(row.unique().numel() == width for row in cells)
@@ -332,13 +331,13 @@ def test_inconsistent_candidate_lists_raise_instead_of_looping(monkeypatch) -> N
     # lists that leave out a row's best cell break the exactness contract: here template 0 proposes
     # cell 0, which template 1 likes more, and template 1 proposes cell 1, which template 0 likes
     # more, so no pair can be committed; the matching must stop with an error instead of spinning
-    from pscl.contrastive import sampling
+    from pscl.contrastive import matching
 
     def lists_without_the_best(sim: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         cells = torch.tensor([[0, 2], [1, 3]])
         return sim.gather(1, cells), cells
 
-    monkeypatch.setattr(sampling, "_top_lists", lists_without_the_best)
+    monkeypatch.setattr(matching, "top_lists", lists_without_the_best)
     sim = torch.tensor([[0.5, 0.9, 0.1, 0.0], [0.8, 0.4, 0.0, 0.1]])
     with pytest.raises(RuntimeError, match="no progress"):
-        _greedy_match(sim, 2)
+        greedy_match(sim, 2)

@@ -224,7 +224,7 @@ def test_the_report_gallery_never_decodes_a_mask_over_the_pixel_limit(tmp_path: 
     import numpy as np
     from PIL import Image
 
-    from pscl.reporting.report import _gallery_mask
+    from pscl.reporting.predictions import _gallery_mask
 
     Image.fromarray(np.ones((100, 100), np.uint8)).save(tmp_path / "mask.png")
     assert _gallery_mask(tmp_path / "mask.png").shape == (100, 100)

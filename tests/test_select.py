@@ -22,7 +22,7 @@ from pscl.select.cli import run
 from pscl.select.features import intensity_features, network_features, patch_grid
 from pscl.select.pool import dataset_pool
 from pscl.select.strategies import coverage, typical
-from pscl.transfer import save_pretrained
+from pscl.models.transfer import save_pretrained
 
 OUTPUTS = ("selection.csv", "selection.json", "contact_sheet.png")
 BACKBONE = {"_target_": "pscl.models.unet.UNet", "widths": [8, 16, 16, 32], "channels_last": False,
@@ -333,7 +333,7 @@ def test_a_run_that_learnt_from_this_pools_labels_is_named(data_root: Path, tmp_
 def test_a_supervised_run_gives_its_fine_tuned_model_and_is_named(data_root: Path, tmp_path: Path,
                                                                   capsys) -> None:
     from pscl.models.unet import UNet
-    from pscl.predict.model import save_model
+    from pscl.models.model_file import save_model
 
     folder = tmp_path / "runs" / "supervised"
     torch.manual_seed(2)
@@ -488,7 +488,7 @@ def test_selection_study_sweeps_two_strategies_against_ten_draws(tmp_path: Path)
 def test_a_tiny_selection_study_is_reported_against_its_draws(make_folder, tmp_path: Path) -> None:
     from conftest import compose_config
     from pscl.reporting.report import write_report
-    from pscl.train import train
+    from pscl.training.pipeline import train
 
     ids = [f"img{i:02d}" for i in range(8)]
     root = make_folder(n=8, size=(64, 80), splits={"train": ids[:6], "test": ids[6:]})

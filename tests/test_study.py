@@ -10,8 +10,8 @@ import torch
 
 from conftest import compose_config
 from pscl.errors import ConfigError
-from pscl.train import train
-from pscl.transfer import load_pretrained, read_meta
+from pscl.training.pipeline import train
+from pscl.models.transfer import load_pretrained, read_meta
 
 TINY = ["data=synthetic", "data.synthetic.counts=[3,3,3]", "data.synthetic.size=64", "data.crop_size=32",
         "data.unlabeled_batch_size=3", "data.batch_size=2", "data.samples_per_epoch=4", "trainer.max_epochs=1",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import SHARED_NASA, compose_config, run_cli
-from pscl.train import train
+from pscl.training.pipeline import train
 
 TINY = ["backbone=unet_small", "backbone.widths=[8,16,32,64]", "logger=csv"]
 
@@ -17,6 +17,20 @@ TINY = ["backbone=unet_small", "backbone.widths=[8,16,32,64]", "logger=csv"]
 def folder_overrides(root: Path, extra: list[str] | None = None) -> list[str]:
     return [f"data=folder", f"data.root={root}", "data.crop_size=32", "data.batch_size=4",
             "data.samples_per_epoch=8", *TINY, *(extra or [])]
+
+
+def test_the_import_paths_of_before_the_training_package_still_work() -> None:
+    """Scripts written before issue 22 import pscl.train and pscl.predict.model: thin re-exports."""
+    import pscl.predict.model as old_model_module
+    import pscl.train as old_train_module
+    from pscl.models import model_file
+    from pscl.training import app, pipeline
+
+    assert (old_train_module.train, old_train_module.main, old_train_module.run_cli) == (
+        pipeline.train, app.main, app.run_cli)
+    assert (old_model_module.save_model, old_model_module.load_trained_model, old_model_module.TrainedModel,
+            old_model_module.MODEL_FILE) == (model_file.save_model, model_file.load_trained_model,
+                                             model_file.TrainedModel, model_file.MODEL_FILE)
 
 
 def test_fast_dev_run_on_a_folder(make_folder, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pscl.contrastive.correspondence import batch_correspondence, cell_label_scores, correspondence
-from pscl.data.views import TwoViews, ViewGeometry, apply_geometry, crop_box, nearest_exact_index, sample_geometry
+from pscl.data.views_with_geometry import TwoViews, ViewGeometry, apply_geometry, crop_box, nearest_exact_index, sample_geometry
 
 STRIDES = (4, 2, 1)
 # Worst offset (pixels) between paired cells, per stride, for crops snapped to the pixel grid:

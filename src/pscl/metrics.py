@@ -1,8 +1,9 @@
 """Segmentation metrics as the literature reports them, built on torchmetrics.
 
 * ``dice`` - the paper's Dice: per foreground class, pooled over every pixel of the whole test
-  set (2 TP / (2 TP + FP + FN), i.e. the global F1 score), then the unweighted mean over the
-  foreground classes (class 0, the matrix, is excluded);
+  set (2 TP / (2 TP + FP + FN), i.e. the global F1 score, :func:`pscl.dice.class_dice`), then the
+  unweighted mean over the foreground classes (class 0, the matrix, is excluded; a class in
+  neither the predictions nor the masks scores 0, as in torchmetrics' F1);
 * ``acc`` - the paper's ACC: pixel accuracy of each image over all classes, averaged over images;
 * ``miou`` - IoU per class pooled over the test set, mean over all classes (background included);
 * ``dice_<class>`` and ``iou_<class>`` per class.
@@ -16,9 +17,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex, MulticlassStatScores
 
-from pscl.data.io import IGNORE_INDEX
+from pscl.constants import IGNORE_INDEX
+from pscl.dice import class_dice
 
 
 class SegmentationMetrics(nn.Module):
@@ -28,7 +30,8 @@ class SegmentationMetrics(nn.Module):
         super().__init__()
         self.class_names = tuple(class_names)
         n = len(self.class_names)
-        self.pooled_dice = MulticlassF1Score(n, average="none", multidim_average="global", ignore_index=ignore_index)
+        self.pooled_counts = MulticlassStatScores(n, average="none", multidim_average="global",
+                                                  ignore_index=ignore_index)
         self.image_acc = MulticlassAccuracy(n, average="micro", multidim_average="samplewise",
                                             ignore_index=ignore_index)
         self.pooled_iou = MulticlassJaccardIndex(n, average="none", ignore_index=ignore_index)
@@ -36,13 +39,14 @@ class SegmentationMetrics(nn.Module):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """``preds`` and ``target``: (B, H, W) class indices."""
-        self.pooled_dice.update(preds, target)
+        self.pooled_counts.update(preds, target)
         self.image_acc.update(preds, target)
         self.pooled_iou.update(preds, target)
         self.num_updates += 1
 
     def compute(self) -> dict[str, float]:
-        dice = self.pooled_dice.compute()
+        tp, fp, _, fn, _ = self.pooled_counts.compute().unbind(-1)
+        dice = class_dice(tp, fp, fn).nan_to_num(0.0)  # an absent class scores 0
         iou = self.pooled_iou.compute()
         out = {
             "dice": float(dice[1:].mean()),
@@ -55,7 +59,7 @@ class SegmentationMetrics(nn.Module):
         return out
 
     def reset(self) -> None:
-        self.pooled_dice.reset()
+        self.pooled_counts.reset()
         self.image_acc.reset()
         self.pooled_iou.reset()
         self.num_updates = 0

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pscl.constants import MIN_IMAGE_SIDE, SINGLE_CROP_SIDE
 from pscl.errors import ConfigError
 
 
@@ -66,7 +67,7 @@ def _rules() -> tuple[Rule, ...]:
         Rule("seed", **count),
         Rule("data.label_seed", **count),
         Rule("data.split_seed", **count),
-        Rule("data.crop_size", int, 8, nullable=True),
+        Rule("data.crop_size", int, MIN_IMAGE_SIDE, nullable=True),
         Rule("data.batch_size", **positive_int),
         Rule("data.test_batch_size", **positive_int),
         Rule("data.samples_per_epoch", **positive_int),
@@ -123,12 +124,6 @@ def check_config(cfg: DictConfig, rules: tuple[Rule, ...] = CONFIG_RULES,
             continue
         if not rule.accepts(value):
             raise ConfigError(rule.key, f"{rule.describe()}, got {value!r}", f"e.g. {rule.key}={_example(rule)}")
-
-
-# The backbone's bottleneck is 1/8 of its input (pscl.models.base): a crop under 16 px leaves it
-# 1x1 px, and BatchNorm cannot train on a single value per channel, so a batch needs two crops.
-BOTTLENECK_STRIDE = 8
-SINGLE_CROP_SIDE = 2 * BOTTLENECK_STRIDE
 
 
 def _pretraining_class(cfg: DictConfig) -> type | None:

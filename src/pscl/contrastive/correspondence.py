@@ -1,7 +1,7 @@
 """Cell correspondence between the two PSCL views under known geometry (method notes §4.2).
 
 For a grid x grid feature map of each view, the *crop grid* is the view-1 grid flipped, rotated
-and cropped exactly like the image (:func:`pscl.data.views.crop_box` on n = grid). Position j of
+and cropped exactly like the image (:func:`pscl.data.views_with_geometry.crop_box` on n = grid). Position j of
 the flattened crop grid sees the same physical place in view 1 at cell ``qidx[j]`` and in view 2 at
 cell ``kidx[j]``; positive pairs are (view-1 feature at qidx[j], view-2 feature at kidx[j]).
 
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from pscl.data.views import crop_box
+from pscl.constants import IGNORE_INDEX
+from pscl.data.views_with_geometry import crop_box
 
 
 def _check_crop(crop: Sequence[float]) -> tuple[float, float, float, float]:
@@ -109,7 +110,7 @@ def batch_correspondence(flip: torch.Tensor, rot_k: torch.Tensor, crop: torch.Te
 
 
 def cell_label_scores(mask: torch.Tensor, grid: int, num_classes: int, qidx: torch.Tensor,
-                      ignore_index: int = 255) -> torch.Tensor:
+                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """mask (S, S) long view-1 labels -> (L, num_classes) class fractions of the cells at qidx.
 
     Each view-1 cell's score for class c is the fraction of its (S/grid)^2 pixels labelled c;

@@ -43,7 +43,7 @@ def float32_under_autocast(function: F) -> F:
     """Run ``function`` with autocast disabled for the device of its first tensor argument.
 
     The function itself must lift half-precision inputs to float32 (autocast off means that a
-    bf16 tensor stays bf16); the pscl losses do so (``losses._working_dtype``).
+    bf16 tensor stays bf16); the pscl losses do so (``info_nce._working_dtype``).
     """
 
     @functools.wraps(function)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pscl.data.index import DatasetIndex, Sample, list_image_files, read_class_names
+from pscl.data.samples import DatasetIndex, Sample, list_image_files, read_class_names
 from pscl.errors import DataError
 
 # The paper: class 0 = matrix (background), classes 1-3 = microstructure phases.

@@ -1,8 +1,8 @@
 """One LightningDataModule for pretraining and fine-tuning on a micrograph data folder.
 
-It indexes the folder (:mod:`pscl.data.index`), checks every annotated file once, picks the
-annotated subset of the round (``num_labeled``, ``label_seed``; or the ids ``labeled_ids`` names,
-:mod:`pscl.data.labeled_ids`) and serves
+It indexes the folder (:mod:`pscl.data.index`), checks every annotated file once
+(:mod:`pscl.data.image_checks`), picks the annotated subset of the round (``num_labeled``,
+``label_seed``; or the ids ``labeled_ids`` names, :mod:`pscl.data.labeled_ids`) and serves
 
 * ``train_dataloader`` - random crops of the annotated subset (fine-tuning / supervised);
 * ``val_dataloader`` - whole images of the ``val`` split: the folder's own, or, with
@@ -24,7 +24,6 @@ pretraining views, ``model.pt``) adds nothing on top.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,13 +35,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pscl.constants import IGNORE_INDEX, MIN_IMAGE_SIDE, SINGLE_CROP_SIDE
 from pscl.data.datasets import LabeledDataset, ViewsDataset, seed_worker
-from pscl.data.index import DatasetIndex, index_dataset
+from pscl.data.image_checks import check_annotated_sides, check_crop_fits, check_pool, check_single_crop_batches
+from pscl.data.index import index_with_validation
 from pscl.data.io import read_image, read_mask
-from pscl.data.labeled_ids import check_same_ids, describe_source, read_choice, resolve_ids, seed_source
-from pscl.data.splits import carve_validation, parse_num_labeled, select_labeled
+from pscl.data.labeled_ids import check_same_ids, choose_labeled, describe_source, read_choice, seed_source
+from pscl.data.samples import DatasetIndex
+from pscl.data.splits import parse_num_labeled
 from pscl.data.transforms import PER_IMAGE, check_normalisation, test_transform, train_transform
-from pscl.checks.config import SINGLE_CROP_SIDE
 from pscl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,9 @@ class MicrographDataModule(pl.LightningDataModule):
             raise ConfigError("data.root", "no data folder given", "set data.root=/path/to/folder or use data=synthetic")
         if in_channels not in (1, 3):
             raise ConfigError("data.in_channels", f"must be 1 or 3, got {in_channels}")
-        if crop_size is not None and int(crop_size) < 8:
-            raise ConfigError("data.crop_size", f"must be >= 8 pixels or null (whole image), got {crop_size}")
+        if crop_size is not None and int(crop_size) < MIN_IMAGE_SIDE:
+            raise ConfigError("data.crop_size",
+                              f"must be >= {MIN_IMAGE_SIDE} pixels or null (whole image), got {crop_size}")
         for key, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch),
                            ("test_batch_size", test_batch_size), ("unlabeled_batch_size", unlabeled_batch_size)):
             if int(value) < 1:
@@ -110,7 +112,7 @@ class MicrographDataModule(pl.LightningDataModule):
         self._masks: dict[str, np.ndarray] = {}
         self._pretrain_views: Callable[..., dict] | None = None
         self._pretrain_annotated = True
-        #: called once with the next training loader, right after it is built (pscl.callbacks.random_state)
+        #: called once with the next training loader, right after it is built (pscl.training.checkpoint_rng)
         self.after_train_loader: Callable[[Any], None] | None = None
 
     # ---------------------------------------------------------------- preparation
@@ -137,19 +139,12 @@ class MicrographDataModule(pl.LightningDataModule):
         if self.root is None:
             self.root = self._synthetic_root()
         hp = self.hparams
-        self.index = index_dataset(self.root, hp.layout, split_seed=hp.split_seed,
-                                   test_fraction=hp.test_fraction, val_fraction=hp.val_fraction)
-        carved = bool(hp.val_fraction and not self.index.val_ids)
-        if carved:  # a fixed split without val: carve it from train
-            groups = {i: self.index.samples[i].group for i in self.index.train_ids}
-            presets = {i for ids in self.index.labeled_presets.values() for i in ids}
-            train, val = carve_validation(self.index.train_ids, groups, hp.split_seed, float(hp.val_fraction),
-                                          keep=presets)
-            self.index = dataclasses.replace(self.index, train_ids=train, val_ids=val)
+        self.index, carved = index_with_validation(self.root, hp.layout, hp.split_seed, hp.test_fraction,
+                                                   hp.val_fraction)
         self.labeled_ids = self._choose_labeled(carved)
         self._load_annotated()
-        self._check_read_sizes()
-        self._check_crop_size()
+        check_annotated_sides(self.index, self._images, self.labeled_ids, hp.crop_size)
+        check_crop_fits(self.index, self._images, self.labeled_ids, hp.crop_size, hp.batch_size)
         self.mean, self.std = self._input_statistics()
         if hp.class_weights is not None and len(hp.class_weights) != self.num_classes:
             raise ConfigError("data.class_weights",
@@ -163,38 +158,18 @@ class MicrographDataModule(pl.LightningDataModule):
                  len(self.index.unlabeled))
 
     def _choose_labeled(self, val_carved: bool) -> tuple[str, ...]:
-        """This round's annotated ids: those ``labeled_ids`` names (checked against the splits), or
-        the draw of ``num_labeled`` / ``label_seed`` (the authors' preset subsets first)."""
-        hp, index = self.hparams, self.index
-        assert index is not None
-        if self._labeled_choice is None:
-            return select_labeled(index.train_ids, hp.num_labeled, hp.label_seed, index.labeled_presets)
-        if self._labeled_choice.strategy is not None:  # select:<strategy>: chosen here, from the train images
-            return self._select_in_run(self._labeled_choice.strategy)
-        ids = resolve_ids(self._labeled_choice, index.train_ids, index.val_ids, index.test_ids,
-                          [s.id for s in index.unlabeled], val_carved=val_carved)
-        requested = parse_num_labeled(hp.num_labeled)
-        if requested != len(ids):
+        """This round's annotated ids (:func:`~pscl.data.labeled_ids.choose_labeled`); what a choice
+        made in the run (``select:<strategy>``) found is added to :attr:`labeled_source`."""
+        hp = self.hparams
+        ids, facts = choose_labeled(self._labeled_choice, self.index, hp.num_labeled, hp.label_seed, self.root,
+                                    val_carved)
+        if facts:
+            self.labeled_source.update(facts)
+            log.info("data.labeled_ids=%s chose %s from %d training images", hp.labeled_ids, ", ".join(ids),
+                     facts["pool_size"])
+        elif self._labeled_choice is not None and parse_num_labeled(hp.num_labeled) != len(ids):
             log.info("data.labeled_ids names %d annotated image(s); data.num_labeled=%s and data.label_seed are "
                      "not used", len(ids), hp.num_labeled)
-        return ids
-
-    def _select_in_run(self, strategy: str) -> tuple[str, ...]:
-        """``data.num_labeled`` training images chosen by a pscl-select strategy (intensity features),
-        seeded by the spec's seed or ``data.label_seed``; the choice is added to :attr:`labeled_source`."""
-        from pscl.select.choose import choose_training_images
-
-        hp, index, choice = self.hparams, self.index, self._labeled_choice
-        assert index is not None and choice is not None
-        seed = int(hp.label_seed) if choice.seed is None else int(choice.seed)
-        budget = parse_num_labeled(hp.num_labeled)
-        assert budget is not None  # read_choice refuses num_labeled=all beside select:
-        images = {i: index.samples[i].image for i in index.train_ids}
-        ids, facts = choose_training_images(str(self.root), images, strategy, budget, seed, index.labeled_presets)
-        self.labeled_source.update({"seed": seed, "budget": budget, "scores": facts["scores"],
-                                    "pool_size": facts["pool_size"]})
-        log.info("data.labeled_ids=%s chose %s from %d training images", hp.labeled_ids, ", ".join(ids),
-                 facts["pool_size"])
         return ids
 
     @property
@@ -227,44 +202,10 @@ class MicrographDataModule(pl.LightningDataModule):
             mask = read_mask(sample.mask, self.num_classes, image.shape[:2], sample.image)
             self._images[sample_id], self._masks[sample_id] = image, mask
 
-    def _check_read_sizes(self) -> None:
-        """Refuse an annotated image smaller than the network takes, naming the stage that reads it:
-        fine-tuning (this round's annotated images, cropped) and evaluation (val and test, whole).
-        Training images outside this round are read by pretraining only (:meth:`_check_pool`)."""
-        from pscl.checks.pool import check_image_side, smallest_crop
-
-        assert self.index is not None
-        evaluated = sorted(set(self._images) - set(self.index.train_ids))  # the val and test images loaded
-        for ids, stage in ((self.labeled_ids, "fine-tuning"), (evaluated, "evaluation")):
-            for sample_id in ids:
-                height, width = self._images[sample_id].shape[:2]
-                if min(height, width) < smallest_crop():  # larger ones are held to the crop by _check_crop_size
-                    crop = self.hparams.crop_size if stage == "fine-tuning" else None
-                    check_image_side(self.index.samples[sample_id].image, height, width, crop, stage)
-
-    def _check_crop_size(self) -> None:
-        crop = self.hparams.crop_size
-        if crop is None:
-            shapes = {self._images[i].shape[:2] for i in self.labeled_ids}
-            if len(shapes) > 1 and self.hparams.batch_size > 1:
-                raise ConfigError("data.crop_size", "is null (whole images) but the annotated images differ in size",
-                                  "set data.crop_size to a size no larger than the smallest image, or data.batch_size=1")
-            return
-        for sample_id in self.labeled_ids:
-            h, w = self._images[sample_id].shape[:2]
-            if crop > min(h, w):
-                raise ConfigError(
-                    "data.crop_size",
-                    f"{crop} is larger than the annotated image {self.index.samples[sample_id].image} ({w}x{h})",
-                    f"set data.crop_size<={min(h, w)} or data.crop_size=null to train on whole images",
-                )
-
     def _check_pool(self) -> None:
         """Decode (or recall by content hash) every pretraining pool image and compare it to the crop;
         called when a run is about to pretrain (:meth:`use_pretraining`), as only pretraining reads
         ``unlabeled/`` and the training images outside this round."""
-        from pscl.checks.pool import check_pool
-
         known = {self.index.samples[i].image: self._images[i].shape[:2] for i in self.index.train_ids}
         check_pool(self.pretraining_pool(), self.hparams.in_channels, self.hparams.crop_size, self.cache_dir, known)
 
@@ -288,7 +229,7 @@ class MicrographDataModule(pl.LightningDataModule):
         counts = np.zeros(self.num_classes, np.int64)
         for sample_id in self.labeled_ids:
             mask = self._masks[sample_id]
-            counts += np.bincount(mask[mask != 255].ravel(), minlength=self.num_classes)[: self.num_classes]
+            counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=self.num_classes)[: self.num_classes]
         return [int(c) for c in counts]
 
     def labeled_mask_files(self) -> list[Path]:
@@ -348,17 +289,6 @@ class MicrographDataModule(pl.LightningDataModule):
             return int(self.hparams.crop_size)
         return min(min(self._images[i].shape[:2]) for i in self.labeled_ids)
 
-    def _check_single_crop_batches(self, batch_size: int) -> None:
-        """Refuse fine-tuning batches of one crop so small that the bottleneck is 1x1 px: BatchNorm
-        cannot train on a single value per channel."""
-        side = self._training_side()
-        if batch_size < 2 and side < SINGLE_CROP_SIDE:
-            what = f"data.crop_size={side}" if self.hparams.crop_size is not None else f"a whole image of {side} px"
-            raise ConfigError("data.batch_size",
-                              f"is {batch_size} but {what} leaves the network's bottleneck 1x1 px, and BatchNorm "
-                              "cannot train on a single value per channel",
-                              f"set data.batch_size=2 or more, or data.crop_size={SINGLE_CROP_SIDE} or more")
-
     def labeled_dataset(self) -> LabeledDataset:
         """Random crops of this round's annotated images, ``samples_per_epoch`` per epoch."""
         self._require_setup()
@@ -380,7 +310,7 @@ class MicrographDataModule(pl.LightningDataModule):
             loader = self.pretrain_dataloader(self._pretrain_views, self._pretrain_annotated)
         else:
             dataset, batch_size = self.labeled_dataset(), int(self.hparams.batch_size)
-            self._check_single_crop_batches(batch_size)
+            check_single_crop_batches(self._training_side(), batch_size, self.hparams.crop_size)
             # a last batch of one such crop would stop training; the next epoch draws new crops anyway
             drop_last = batch_size > 1 and len(dataset) % batch_size == 1 and self._training_side() < SINGLE_CROP_SIDE
             loader = self._loader(dataset, batch_size, shuffle=True, drop_last=drop_last)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pscl.data.io import read_image
-from pscl.data.random_state import generator_states, set_generator_states
+from pscl.data.generator_states import generator_states, set_generator_states
 from pscl.data.transforms import image_statistics, standardise, standardising_scale
 
 #: the tensors of a pretraining item that are images (the views' contract, pscl.modules.pretrain_base)

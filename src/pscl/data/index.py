@@ -7,90 +7,24 @@ Two layouts are understood:
 * the PSCL authors' layout (``train_numf``, ``test_numf``, ``sup_num1_k`` ...), see
   :mod:`pscl.data.authors_layout`.
 
-Both produce a :class:`DatasetIndex`; nothing here reads pixels.
+Both produce a :class:`~pscl.data.samples.DatasetIndex`; :func:`index_dataset` tells which
+layout a folder is in. Nothing here reads pixels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pscl.data.io import is_image_file
-from pscl.data.splits import seeded_split
+from pscl.data.authors_layout import index_authors_layout, is_authors_layout
+from pscl.data.samples import DatasetIndex, Sample, first_shared_stem, list_image_files, read_class_names
+from pscl.data.splits import carve_validation, seeded_split
 from pscl.data.text import read_csv_rows, read_text
 from pscl.errors import DataError
 
 log = logging.getLogger("pscl.data")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One micrograph: its id (file stem), image path, mask path (None if unlabelled) and group."""
-
-    id: str
-    image: Path
-    mask: Path | None = None
-    group: str | None = None
-
-
-@dataclass
-class DatasetIndex:
-    """Everything a data module needs to know about a data folder, without pixels."""
-
-    root: Path
-    layout: str
-    class_names: tuple[str, ...]
-    samples: dict[str, Sample]
-    train_ids: tuple[str, ...]
-    test_ids: tuple[str, ...]
-    val_ids: tuple[str, ...] = ()
-    unlabeled: tuple[Sample, ...] = ()
-    # Labelled subsets fixed by the dataset's authors: (num_labeled, label_seed) -> ids.
-    labeled_presets: dict[tuple[int, int], tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def groups(self) -> tuple[str, ...]:
-        """Sorted distinct groups of annotated and unlabelled samples (empty if none are known)."""
-        found = {s.group for s in self.samples.values()} | {s.group for s in self.unlabeled}
-        return tuple(sorted(g for g in found if g is not None))
-
-
-def list_image_files(folder: Path) -> list[Path]:
-    """Image files of a folder, sorted; a non-image file is an error (hidden files are skipped)."""
-    files = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        if not is_image_file(path):
-            raise DataError(
-                "is not an image file (expected .png, .tif, .tiff, .jpg, .jpeg or .bmp)",
-                path,
-                f"move it out of {folder}",
-            )
-        files.append(path)
-    return files
-
-
-def read_class_names(path: Path) -> tuple[str, ...]:
-    """Class names, one per line, index 0 first."""
-    if not path.is_file():
-        raise DataError(
-            "classes.txt is missing",
-            path,
-            "create it with one class name per line, class 0 (e.g. the matrix) first",
-        )
-    names = tuple(line.strip() for line in read_text(path, "classes.txt").splitlines() if line.strip())
-    if len(names) < 2:
-        raise DataError("classes.txt must list at least two classes", path,
-                        "write one class name per line, class 0 first")
-    if len(set(names)) != len(names):
-        raise DataError("classes.txt lists a class name twice", path, "make every name unique")
-    return names
 
 
 def read_groups(path: Path) -> dict[str, str]:
@@ -156,12 +90,12 @@ def index_folder(root: Path | str, split_seed: int = 0, test_fraction: float = 0
     image_files = list_image_files(images_dir)
     if not image_files:
         raise DataError("images/ is empty", images_dir, "add annotated micrographs")
-    stems: dict[str, Path] = {}
-    for path in image_files:
-        if path.stem in stems:
-            raise DataError(f"two images share the id `{path.stem}` ({stems[path.stem].name}, {path.name})",
-                            images_dir, "give every image a unique file stem")
-        stems[path.stem] = path
+    shared = first_shared_stem(image_files)
+    if shared is not None:
+        first, second = shared
+        raise DataError(f"two images share the id `{second.stem}` ({first.name}, {second.name})",
+                        images_dir, "give every image a unique file stem")
+    stems = {path.stem: path for path in image_files}
     groups = read_groups(root / "meta.csv") if (root / "meta.csv").is_file() else {}
     samples = {
         stem: Sample(stem, path, masks_dir / f"{stem}.png", groups.get(stem))
@@ -201,8 +135,6 @@ def index_folder(root: Path | str, split_seed: int = 0, test_fraction: float = 0
 
 def index_dataset(root: Path | str, layout: str = "auto", **split_kwargs: float) -> DatasetIndex:
     """Index ``root`` in the given layout (``auto`` detects the authors' layout by ``train_numf/``)."""
-    from pscl.data.authors_layout import index_authors_layout, is_authors_layout
-
     root = Path(root).expanduser()
     if layout == "auto":
         layout = "authors" if is_authors_layout(root) else "folder"
@@ -211,3 +143,18 @@ def index_dataset(root: Path | str, layout: str = "auto", **split_kwargs: float)
     if layout == "folder":
         return index_folder(root, **split_kwargs)  # type: ignore[arg-type]
     raise DataError(f"unknown layout `{layout}`", root, "set data.layout to auto, folder or authors")
+
+
+def index_with_validation(root: Path | str, layout: str = "auto", split_seed: int = 0, test_fraction: float = 0.2,
+                          val_fraction: float = 0.0) -> tuple[DatasetIndex, bool]:
+    """:func:`index_dataset`, with a validation split carved from the training images (never from
+    test; the authors' preset images stay in train) when ``val_fraction`` > 0 and the folder
+    defines none. Returns the index and whether validation was carved."""
+    index = index_dataset(root, layout, split_seed=split_seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    carved = bool(val_fraction and not index.val_ids)
+    if carved:
+        groups = {i: index.samples[i].group for i in index.train_ids}
+        presets = {i for ids in index.labeled_presets.values() for i in ids}
+        train, val = carve_validation(index.train_ids, groups, split_seed, float(val_fraction), keep=presets)
+        index = dataclasses.replace(index, train_ids=train, val_ids=val)
+    return index, carved

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pscl.constants import IGNORE_INDEX
 from pscl.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import tifffile
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
-IGNORE_INDEX = 255
 
 # ITU-R BT.601 luma, the usual grey conversion of an RGB micrograph.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

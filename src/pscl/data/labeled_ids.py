@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pscl.data.samples import DatasetIndex
+from pscl.data.splits import parse_num_labeled, select_labeled
 from pscl.errors import ConfigError
 
 KEY = "data.labeled_ids"
@@ -261,11 +263,37 @@ def resolve_ids(choice: LabeledChoice, train_ids: Sequence[str], val_ids: Collec
                       "was the selection made for another data.root?")
 
 
+def choose_labeled(choice: LabeledChoice | None, index: DatasetIndex, num_labeled: int | str, label_seed: int,
+                   root: Path | str, val_carved: bool = False) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """This round's annotated ids, and what a choice made in the run adds to its source record.
+
+    Without ``choice``: the draw of ``num_labeled`` / ``label_seed`` (the authors' preset subsets
+    first). With ``select:<strategy>``: ``num_labeled`` training images chosen by that pscl-select
+    strategy on intensity features, seeded by the spec's seed or ``label_seed``; the facts added
+    are ``seed``, ``budget``, ``scores`` and ``pool_size``. Otherwise the ids ``choice`` names,
+    checked against the splits (:func:`resolve_ids`). Facts are ``{}`` unless chosen in the run.
+    """
+    if choice is None:
+        return select_labeled(index.train_ids, num_labeled, label_seed, index.labeled_presets), {}
+    if choice.strategy is not None:  # select:<strategy>: chosen here, from the train images
+        from pscl.select.choose import choose_training_images
+
+        seed = int(label_seed) if choice.seed is None else int(choice.seed)
+        budget = parse_num_labeled(num_labeled)
+        assert budget is not None  # read_choice refuses num_labeled=all beside select:
+        images = {i: index.samples[i].image for i in index.train_ids}
+        ids, facts = choose_training_images(str(root), images, choice.strategy, budget, seed, index.labeled_presets)
+        return ids, {"seed": seed, "budget": budget, "scores": facts["scores"], "pool_size": facts["pool_size"]}
+    ids = resolve_ids(choice, index.train_ids, index.val_ids, index.test_ids, [s.id for s in index.unlabeled],
+                      val_carved=val_carved)
+    return ids, {}
+
+
 def check_same_ids(recorded: Any, current: Sequence[str], what: str, source: dict[str, Any],
                    ordered: bool = True) -> None:
     """Refuse to continue ``what`` (a checkpoint or pretraining of the resumed run) that was trained
     on other annotated images than this run's: the selection file changed since the run started.
-    ``ordered=False`` compares them as a set, as the pretraining cache does (pscl.pretrain_cache)."""
+    ``ordered=False`` compares them as a set, as the pretraining cache does (pscl.training.pretrain_cache)."""
     if not isinstance(recorded, list):
         return
     if (list(recorded) == list(current)) if ordered else (sorted(map(str, recorded)) == sorted(current)):

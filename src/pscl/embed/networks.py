@@ -2,8 +2,8 @@
 
 A run folder gives its pretrained network (``pretrain/pretrained.pt``, or else the last snapshot
 in ``pretrain/snapshots/``) and its fine-tuned one (``model.pt``, or ``checkpoints/last.ckpt`` of
-an older run). Weights are read without pickles (:func:`pscl.transfer.load_pretrained`,
-:func:`pscl.predict.model.load_trained_model`); the backbone is built only from the classes pscl
+an older run). Weights are read without pickles (:func:`pscl.models.transfer.load_pretrained`,
+:func:`pscl.models.model_file.load_trained_model`); the backbone is built only from the classes pscl
 knows (:func:`pscl.models.registry.build_backbone_from_file`).
 """
 
@@ -80,7 +80,7 @@ def last_pretrained(folder: Path) -> Path | None:
 
 def _snapshot_steps(path: Path) -> int:
     """A snapshot's optimiser steps from its meta (-1 when unreadable: it sorts first)."""
-    from pscl.transfer import read_meta
+    from pscl.models.transfer import read_meta
 
     try:
         steps = read_meta(path).get("steps")
@@ -105,7 +105,7 @@ def read_metrics(path: Path) -> dict[str, Any]:
 
 def read_run(folder: Path) -> Run:
     """The run in ``folder``; a :class:`DataError` naming it when it is not a pscl run."""
-    from pscl.predict.model import MODEL_FILE, _run_config
+    from pscl.models.model_file import MODEL_FILE, _run_config
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -133,7 +133,7 @@ def _dice_of(node: Any) -> float | None:
 
 def pretraining_facts(run: Run) -> tuple[int | None, float | None]:
     """(optimiser steps, probe Dice) of the run's pretrained weights, each None when not recorded."""
-    from pscl.transfer import read_meta
+    from pscl.models.transfer import read_meta
 
     assert run.pretrained is not None
     snapshots = [p for p in run.metrics.get("snapshots") or [] if isinstance(p, dict)]
@@ -172,7 +172,7 @@ def backbone_config_of(run: Run) -> tuple[Mapping[str, Any], Path]:
     if run.backbone_config is not None:
         return run.backbone_config, run.folder / ".hydra" / "config.yaml"
     if run.finetuned:
-        from pscl.predict.model import load_trained_model
+        from pscl.models.model_file import load_trained_model
 
         model = load_trained_model(run.folder)
         return model.backbone_config, model.source or run.folder
@@ -182,7 +182,7 @@ def backbone_config_of(run: Run) -> tuple[Mapping[str, Any], Path]:
 
 def pretrained_network(run: Run, in_channels: int, num_classes: int, seed: int) -> Network:
     """The run's pretrained backbone (encoder and decoder weights loaded into a fresh one)."""
-    from pscl.transfer import load_pretrained, transfer_weights
+    from pscl.models.transfer import load_pretrained, transfer_weights
 
     assert run.pretrained is not None
     backbone = _build(run, in_channels, num_classes, seed)
@@ -201,7 +201,7 @@ def pretrained_network(run: Run, in_channels: int, num_classes: int, seed: int) 
 
 def finetuned_network(run: Run) -> Network:
     """The run's fine-tuned model, with the statistics it was trained with; its test Dice in the title."""
-    from pscl.predict.model import load_trained_model
+    from pscl.models.model_file import load_trained_model
 
     model = load_trained_model(run.folder)
     supervised = run.method == "supervised"

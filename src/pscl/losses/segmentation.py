@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from pscl.data.io import IGNORE_INDEX
+from pscl.constants import IGNORE_INDEX
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightly.models.modules import DenseCLProjectionHead
 from lightly.models.utils import select_most_similar
 
-from pscl.contrastive.losses import queue_info_nce
+from pscl.contrastive.info_nce import queue_info_nce
 from pscl.contrastive.queues import FeatureQueue
 from pscl.errors import ConfigError
 from pscl.models.base import SegmentationBackbone

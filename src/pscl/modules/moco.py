@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from lightly.models.modules import MoCoProjectionHead
 
-from pscl.contrastive.losses import gather, queue_info_nce
+from pscl.contrastive.info_nce import gather, queue_info_nce
 from pscl.contrastive.queues import FeatureQueue
 from pscl.errors import ConfigError
 from pscl.models.base import SegmentationBackbone

@@ -26,12 +26,12 @@ class PretrainModule(pl.LightningModule):
     """Base class of the pretraining methods.
 
     By default a method sees batches ``{"unlabeled": {"x0", "x1", "group", "id"}}`` of two
-    independently augmented views (:class:`pscl.data.image_views.TwoAugmentedViews`, options in
+    independently augmented views (:class:`pscl.data.independent_views.TwoAugmentedViews`, options in
     ``view_options``); PSCL overrides :meth:`views` and also receives the annotated image.
     """
 
     #: whether pretraining depends on the round's annotated images (then it is rerun per round
-    #: and also gets a ``"labeled"`` batch; otherwise it is reused across rounds, pscl.pretrain_cache)
+    #: and also gets a ``"labeled"`` batch; otherwise it is reused across rounds, pscl.training.pretrain_cache)
     uses_labels: bool = False
     #: whether the method's loss reaches the decoder; if not, the decoder is frozen (not in the
     #: optimiser, no gradient), which also keeps DDP from waiting for gradients that never come
@@ -57,7 +57,7 @@ class PretrainModule(pl.LightningModule):
 
     def views(self, mean: tuple[float, ...], std: tuple[float, ...], crop_size: int | None) -> Callable:
         """The callable that turns one image (and, if given, its mask) into a pretraining item."""
-        from pscl.data.image_views import TwoAugmentedViews
+        from pscl.data.independent_views import TwoAugmentedViews
 
         try:
             return TwoAugmentedViews(crop_size, mean, std, **self.view_options)

@@ -4,14 +4,14 @@ One training step, in the order of the paper (spec §12):
 
 1. **Views.** Each batch holds the round's annotated image (index 0, with its mask) and the
    unlabelled images, each as view 1 (photometric jitter) and view 2 (jitter, flip, rot90,
-   crop, resize) with the geometry of view 2 (:class:`pscl.data.views.TwoViews`).
+   crop, resize) with the geometry of view 2 (:class:`pscl.data.views_with_geometry.TwoViews`).
 2. **Network.** The UNet and the projection heads (:class:`pscl.models.heads.PSCLHeads`) give
    an image embedding and dense embeddings at 1/4, 1/2 and 1/1 resolution. SimCLR variant: one
    shared network for both views; MoCo variant: view 2 goes through an EMA key network.
 3. **Patches** (:func:`pscl.contrastive.patches.sample_patches`): per scale, ``top_k * 2**s``
    cells per class on the annotated image from its mask, and on each unlabelled image the cells
    most similar to those templates, each cell once; positives are the same place in both views.
-4. **Losses** (:mod:`pscl.contrastive.losses`): SimCLR - NT-Xent on images, class-masked NT-Xent
+4. **Losses** (:mod:`pscl.contrastive.info_nce`): SimCLR - NT-Xent on images, class-masked NT-Xent
    on patches (negatives = other classes), averaged over scales. MoCo - soft-target contrastive
    losses against an image queue (same holding-time group = soft positive) and per-scale
    class-prototype queues (same class = soft positive).
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pscl.contrastive.losses import (
+from pscl.contrastive.info_nce import (
     class_masked_nt_xent,
     class_prototypes,
     gather,
@@ -38,7 +38,7 @@ from pscl.contrastive.losses import (
 )
 from pscl.contrastive.patches import PatchSample, gather_rows, sample_patches
 from pscl.contrastive.queues import FeatureQueue
-from pscl.data.views import TwoViews
+from pscl.data.views_with_geometry import TwoViews
 from pscl.errors import ConfigError
 from pscl.models.base import SegmentationBackbone
 from pscl.models.checkpointing import checkpoint_block

@@ -66,7 +66,7 @@ class SegmentationModule(pl.LightningModule):
         self.val_metrics = SegmentationMetrics(class_names)
         self.test_metrics = SegmentationMetrics(class_names)
         self.test_results: dict[str, float] = {}
-        #: periodic test evaluations during training (eval.protocol=paper; pscl.callbacks.periodic_test)
+        #: periodic test evaluations during training (eval.protocol=paper; pscl.training.periodic_test)
         self.test_history: list[dict[str, float]] = []
         # BatchNorm layers holding pretraining statistics, frozen when freeze_pretrained_bn
         self.frozen_bn = [m for m in backbone.modules()

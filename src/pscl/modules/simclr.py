@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from lightly.models.modules import SimCLRProjectionHead
 
-from pscl.contrastive.losses import nt_xent
+from pscl.contrastive.info_nce import nt_xent
 from pscl.errors import ConfigError
 from pscl.models.base import SegmentationBackbone
 from pscl.modules.pretrain_base import PretrainModule

@@ -110,7 +110,7 @@ def _check_device(name: str) -> None:
 def _predict(args: argparse.Namespace) -> int:
     """The command's work: check everything, create ``--out``, run the batch; returns the exit code."""
     from pscl.predict.inputs import collect_images, find_meta, prepare_output, read_meta
-    from pscl.predict.model import load_trained_model
+    from pscl.models.model_file import load_trained_model
     from pscl.predict.runner import PredictSettings, planned_outputs, predict_images
     from pscl.predict.tiling import TileSettings
 

@@ -33,7 +33,7 @@ from torch import nn  # noqa: E402
 from pscl.data.transforms import MIN_IMAGE_STD, PER_IMAGE  # noqa: E402
 from pscl.errors import EXIT_OK, DataError, run_parsed  # noqa: E402
 from pscl.integrity import atomic_write_bytes  # noqa: E402
-from pscl.predict.model import TrainedModel, load_trained_model  # noqa: E402
+from pscl.models.model_file import TrainedModel, load_trained_model  # noqa: E402
 
 FORMATS = ("torchscript",)
 CONTRACT_FORMAT = "pscl-torchscript/1"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pscl.data.io import is_image_file
+from pscl.data.samples import first_shared_stem
 from pscl.data.text import read_csv_rows
 from pscl.errors import DataError
 
@@ -42,12 +43,11 @@ def collect_images(inputs: list[str]) -> list[Path]:
     if not unique:
         raise DataError("no image files (.png, .tif, .tiff, .jpg, .jpeg, .bmp) found", " ".join(inputs),
                         "check the paths; folders are not searched recursively (use a glob like 'dir/**/*.tif')")
-    by_stem: dict[str, Path] = {}
-    for path in unique:
-        if path.stem in by_stem:
-            raise DataError(f"two inputs would write the same outputs `{path.stem}.*`: {by_stem[path.stem]} and {path}",
-                            path, "predict them into separate --out folders, or rename one")
-        by_stem[path.stem] = path
+    shared = first_shared_stem(unique)
+    if shared is not None:
+        first, second = shared
+        raise DataError(f"two inputs would write the same outputs `{second.stem}.*`: {first} and {second}",
+                        second, "predict them into separate --out folders, or rename one")
     return unique
 
 

@@ -26,14 +26,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pscl.constants import MIN_IMAGE_SIDE
 from pscl.data.datasets import image_to_tensor
 from pscl.data.io import read_image
 from pscl.data.transforms import normalise_whole_image
 from pscl.errors import DataError
 from pscl.integrity import atomic_write_bytes, atomic_write_text
 from pscl.predict.inputs import RECORD_FILE, ImageMeta, recorded_outputs
-from pscl.predict.model import TrainedModel
-from pscl.predict.tiling import MIN_IMAGE_SIDE, TileSettings, segment, window_count
+from pscl.models.model_file import TrainedModel
+from pscl.predict.tiling import TileSettings, segment, window_count
 
 log = logging.getLogger("pscl.predict")
 

@@ -28,12 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
+from pscl.constants import BOTTLENECK_STRIDE
 from pscl.errors import ConfigError
 
 BLENDS = ("gaussian", "constant")
-_MULTIPLE = 8  # tile sides are rounded up to a multiple of the UNet's total down-sampling
-# the UNet halves an image three times: a side below 2**3 px leaves no pixel at the bottleneck
-MIN_IMAGE_SIDE = _MULTIPLE
+_MULTIPLE = BOTTLENECK_STRIDE  # tile sides are rounded up to a multiple of the UNet's total down-sampling
 MIN_TILE = 16  # the smallest window side TileSettings takes
 
 

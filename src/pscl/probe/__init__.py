@@ -8,7 +8,7 @@ round's annotated image(s) and scored on an evaluation split with the fine-tuner
 * :mod:`pscl.probe.evaluate` - one probe of a backbone on a data module, and the random-init floor.
 
 The online version, logged to TensorBoard during pretraining, is
-:class:`pscl.callbacks.probe.OnlineProbe`.
+:class:`pscl.training.online_probe.OnlineProbe`.
 """
 
 from pscl.probe.evaluate import ProbeSettings, probe_backbone, random_init_probe, settings_from_config

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pscl.data.io import IGNORE_INDEX
+from pscl.constants import IGNORE_INDEX
 
 
 @dataclass

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pscl.constants import IGNORE_INDEX
 
-def check_mask(image: str, mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> None:
+
+def check_mask(image: str, mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
     """Raise ValueError (naming ``image``) unless ``mask`` is a 2-D integer class-index array."""
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"{image}: mask must be a 2-D integer array, got shape {mask.shape} of {mask.dtype}")
@@ -31,7 +33,7 @@ def check_pixel_size(image: str, pixel_size_um: float | None) -> None:
 
 
 def phase_rows(image: str, mask: np.ndarray, class_names: Sequence[str], pixel_size_um: float | None,
-               ignore_index: int = 255) -> list[dict]:
+               ignore_index: int = IGNORE_INDEX) -> list[dict]:
     """One row per class: ``image, class, area_fraction, area_px, area_um2`` (µm² None if size unknown)."""
     mask = np.asarray(mask)
     check_mask(image, mask, len(class_names), ignore_index)

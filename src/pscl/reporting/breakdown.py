@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pscl.data.io import IGNORE_INDEX
+from pscl.constants import IGNORE_INDEX
+from pscl.dice import class_dice, dice_counts, foreground_dice
 from pscl.reporting.stats import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, paired_bootstrap_ci
 
 
@@ -125,20 +126,15 @@ def image_dice(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
     """Mean Dice over the foreground classes (1 ..) of one image.
 
     Pixels labelled ``ignore_index`` are left out; a class absent from both the prediction and the
-    ground truth is left out of the mean. NaN when no foreground class is present at all.
+    ground truth is left out of the mean. NaN when no foreground class is present at all. In
+    float32, as the runs' own Dice (:mod:`pscl.metrics`).
     """
     import torch
-    from torchmetrics.functional.classification import multiclass_f1_score
 
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in size")
-    pred = torch.from_numpy(prediction.astype(np.int64))
-    target = torch.from_numpy(truth.astype(np.int64))
-    per_class = multiclass_f1_score(pred[None], target[None], num_classes, average="none",
-                                    multidim_average="global", ignore_index=ignore_index)
-    kept = truth != ignore_index
-    present = [c for c in range(1, num_classes) if ((prediction == c) & kept).any() or (truth == c).any()]
-    return float(per_class[present].mean()) if present else math.nan
+    counts = dice_counts(prediction, truth, num_classes, ignore_index)
+    return foreground_dice(class_dice(*(torch.from_numpy(count) for count in counts)))
 
 
 def group_rows(scores: Iterable[ImageScore], order: Callable[[str], Any] = str) -> list[dict[str, Any]]:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pscl.data.io import IGNORE_INDEX, open_checked
+from pscl.constants import IGNORE_INDEX
+from pscl.dice import class_dice, dice_counts, foreground_dice
+from pscl.data.io import open_checked
 from pscl.data.text import read_text
 from pscl.errors import DataError, run_command
 
@@ -65,22 +67,12 @@ def pooled_foreground_dice(
     Pixels with mask 255 are ignored. A class absent from both predictions and masks gets
     NaN and is left out of the mean.
     """
-    inter = np.zeros(num_classes, np.int64)
-    total = np.zeros(num_classes, np.int64)
+    totals = [np.zeros(num_classes, np.int64) for _ in range(3)]  # tp, fp, fn
     for pred, mask in zip(preds, masks, strict=True):
-        pred = np.asarray(pred)
-        mask = np.asarray(mask)
-        keep = mask != IGNORE_INDEX
-        p, g = pred[keep].astype(np.int64), mask[keep].astype(np.int64)
-        inter += np.bincount(p[p == g], minlength=num_classes)[:num_classes]
-        total += np.bincount(p, minlength=num_classes)[:num_classes]
-        total += np.bincount(g, minlength=num_classes)[:num_classes]
-    per_class = [
-        2.0 * inter[c] / total[c] if total[c] > 0 else float("nan") for c in range(1, num_classes)
-    ]
-    valid = [d for d in per_class if not np.isnan(d)]
-    mean = float(np.mean(valid)) if valid else float("nan")
-    return mean, [float(d) for d in per_class]
+        for total, count in zip(totals, dice_counts(pred, mask, num_classes)):
+            total += count
+    per_class = class_dice(*totals)
+    return foreground_dice(per_class), [float(d) for d in per_class[1:]]
 
 
 def _load(root: Path, ids: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:

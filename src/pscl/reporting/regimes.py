@@ -41,7 +41,7 @@ def regime_size(regime: str, num_images: int | None) -> int:
 
 def regime_table(rows: Sequence[Mapping[str, Any]], baseline: str,
                  order: Callable[[str], Any] = str) -> RegimeTable | None:
-    """The label-regimes table of the summary ``rows`` (``pscl.reporting.report.summarize``), or
+    """The label-regimes table of the summary ``rows`` (``pscl.reporting.tables.summarize``), or
     None when fewer than two regimes have a finished round."""
     done = [row for row in rows if row["rounds"] and not math.isnan(row["dice_mean"])]
     sizes: dict[str, int] = {}

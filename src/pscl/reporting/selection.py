@@ -13,10 +13,11 @@ for a random draw.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from pscl.reporting.stats import mean_std
 
 #: strategies whose runs are random draws (the reference), not choices
 RANDOM = (None, "random")
@@ -47,11 +48,11 @@ def selection_rows(records: Sequence[Mapping[str, Any]],
             continue
         key = (record["method"], str(record["num_labeled"]))
         reference = draws.get(key, [])
-        mean = statistics.fmean(reference) if reference else math.nan
+        mean, std = mean_std(reference)
         dice = float(record["dice"])
         rows.append({"method": key[0], "num_labeled": key[1], "strategy": str(strategy), "dice": dice,
                      "draws": len(reference), "draws_mean": mean,
-                     "draws_std": statistics.stdev(reference) if len(reference) > 1 else math.nan,
+                     "draws_std": std,
                      "draws_min": min(reference) if reference else math.nan,
                      "draws_max": max(reference) if reference else math.nan,
                      "percentile": percentile_among(dice, reference), "difference": dice - mean})

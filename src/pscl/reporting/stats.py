@@ -1,22 +1,41 @@
-"""Small pure statistics behind ``pscl-report``'s comparisons.
+"""Small pure statistics behind ``pscl-report``'s tables and comparisons.
 
+* :func:`mean_std` and :func:`format_mean_std` - the mean and sample standard deviation over
+  rounds, and how every table writes them;
 * :func:`paired_bootstrap_ci` - a percentile bootstrap interval of the mean of paired differences
   (a method's Dice minus the baseline's, round by round);
 * :func:`gap_recovered` - the fraction of the gap between the baseline with few labels and with all
   labels that a method closes.
 
 The module is named ``stats`` rather than ``statistics`` so that it never shadows the standard
-library module of that name, which :mod:`pscl.reporting.report` uses.
+library module of that name, which it and the other reporting modules use.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_LEVEL = 0.95
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of ``values``; NaN for the mean of none and for
+    the standard deviation of fewer than two."""
+    mean = statistics.fmean(values) if values else math.nan
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return mean, std
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    """``mean ± std`` to three decimals, the mean alone when ``std`` is NaN, ``-`` when ``mean`` is."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
 
 
 def paired_bootstrap_ci(differences: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,

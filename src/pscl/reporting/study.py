@@ -17,17 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    mean = statistics.fmean(values) if values else math.nan
-    std = statistics.stdev(values) if len(values) > 1 else math.nan
-    return mean, std, len(values)
-
-
-def _fmt(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
+from pscl.reporting.plots import save_figure, style_dice_axis
+from pscl.reporting.stats import format_mean_std, mean_std
 
 
 def snapshot_rows(records: Sequence[dict[str, Any]], order: Callable[[str], Any] = str) -> list[dict[str, Any]]:
@@ -48,12 +39,12 @@ def snapshot_rows(records: Sequence[dict[str, Any]], order: Callable[[str], Any]
                 slot["floor"].append(float(point["probe"]["random_init"]["dice"]))
     rows = []
     for (method, epoch), slot in sorted(pooled.items(), key=lambda kv: (order(kv[0][0]), kv[0][1])):
-        dice = _mean_std(slot["dice"])
-        probe = _mean_std(slot["probe"])
+        dice_mean, dice_std = mean_std(slot["dice"])
+        probe_mean, probe_std = mean_std(slot["probe"])
         rows.append({"method": method, "epoch": epoch, "steps": round(statistics.fmean(slot["steps"])),
-                     "rounds": dice[2], "label_seeds": sorted(slot["seeds"]),
-                     "dice_mean": dice[0], "dice_std": dice[1], "probe_mean": probe[0], "probe_std": probe[1],
-                     "floor_mean": _mean_std(slot["floor"])[0]})
+                     "rounds": len(slot["dice"]), "label_seeds": sorted(slot["seeds"]),
+                     "dice_mean": dice_mean, "dice_std": dice_std, "probe_mean": probe_mean, "probe_std": probe_std,
+                     "floor_mean": mean_std(slot["floor"])[0]})
     return rows
 
 
@@ -65,39 +56,16 @@ def snapshot_markdown(rows: Sequence[dict[str, Any]], baseline: tuple[float, flo
              "Fine-tuned test Dice and dense linear probe Dice after each pretraining snapshot "
              "(mean ± sample std over rounds).", ""]
     if baseline is not None and not math.isnan(baseline[0]):
-        lines += [f"Supervised (no pretraining): {_fmt(baseline[0], baseline[1])} over {baseline[2]} round(s).", ""]
+        lines += [f"Supervised (no pretraining): {format_mean_std(baseline[0], baseline[1])} "
+                  f"over {baseline[2]} round(s).", ""]
     lines += ["| method | epoch | steps | rounds | fine-tuned Dice | probe Dice | probe, random init |",
               "|---|---:|---:|---:|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['method']} | {row['epoch']} | {row['steps']} | {row['rounds']} | "
-                     f"{_fmt(row['dice_mean'], row['dice_std'])} | {_fmt(row['probe_mean'], row['probe_std'])} | "
-                     f"{_fmt(row['floor_mean'], math.nan)} |")
+                     f"{format_mean_std(row['dice_mean'], row['dice_std'])} | "
+                     f"{format_mean_std(row['probe_mean'], row['probe_std'])} | "
+                     f"{format_mean_std(row['floor_mean'], math.nan)} |")
     return "\n".join(lines) + "\n"
-
-
-def style_dice_axis(ax: Any, xlabel: str, legend_size: int = 8, ticks: Sequence[float] = ()) -> None:
-    """A log-x Dice axis with grid and legend, as every pscl-report curve has; ``ticks``: label
-    exactly these x values (the measured points) instead of the log axis's own labels."""
-    ax.set_xscale("log")
-    if ticks:
-        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
-
-        ax.xaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test Dice (foreground mean)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
-
-
-def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
 
 
 def plot_pretraining_curve(rows: Sequence[dict[str, Any]], path: Path,
@@ -150,10 +118,10 @@ def probe_rows(records: Sequence[dict[str, Any]], baseline: str = "supervised",
     for (method, regime), members in sorted(by_method.items(), key=lambda kv: (order(kv[0][0]), kv[0][1])):
         tops = [ceiling[(regime, r["label_seed"])] for r in members if (regime, r["label_seed"]) in ceiling]
         rows.append({"method": method, "num_labeled": regime, "rounds": len(members),
-                     "probe": _mean_std([r["probe"]["dice"] for r in members]),
-                     "floor": _mean_std([r["probe"]["random_init"]["dice"] for r in members]),
-                     "finetuned": _mean_std([r["test"]["dice"] for r in members]),
-                     "ceiling": _mean_std(tops)})
+                     "probe": mean_std([r["probe"]["dice"] for r in members]),
+                     "floor": mean_std([r["probe"]["random_init"]["dice"] for r in members]),
+                     "finetuned": mean_std([r["test"]["dice"] for r in members]),
+                     "ceiling": mean_std(tops)})
     return rows
 
 
@@ -167,6 +135,7 @@ def probe_markdown(rows: Sequence[dict[str, Any]], baseline: str = "supervised")
              "| method | labels | rounds | probe Dice | floor (random init) | ceiling (supervised) | fine-tuned Dice |",
              "|---|---|---:|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['method']} | {row['num_labeled']} | {row['rounds']} | {_fmt(*row['probe'][:2])} | "
-                     f"{_fmt(*row['floor'][:2])} | {_fmt(*row['ceiling'][:2])} | {_fmt(*row['finetuned'][:2])} |")
+        lines.append(f"| {row['method']} | {row['num_labeled']} | {row['rounds']} | {format_mean_std(*row['probe'])} | "
+                     f"{format_mean_std(*row['floor'])} | {format_mean_std(*row['ceiling'])} | "
+                     f"{format_mean_std(*row['finetuned'])} |")
     return "\n".join(lines) + "\n"

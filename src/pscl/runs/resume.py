@@ -4,7 +4,7 @@ A run folder keeps the overrides it was started with (``.hydra/overrides.yaml``)
 folder its sweep (``multirun.yaml``). :func:`resume_argv` turns ``resume=<folder>`` into those
 overrides plus ``resume=<folder>`` and the folder itself as Hydra's run (or sweep) directory, so
 every job lands in its old folder: finished jobs are skipped, interrupted ones continue from
-their last checkpoint (:func:`pscl.train.train`), and jobs that never started run.
+their last checkpoint (:func:`pscl.training.pipeline.train`), and jobs that never started run.
 
 Those files are read from disk, so they are checked before Hydra sees them
 (:func:`pscl.integrity.configs.check_overrides`): an edited file cannot make a resumed run build

@@ -56,7 +56,7 @@ def metrics_problem(record: object) -> str | None:
     """Why a parsed ``metrics.json`` is not one pscl-train writes (its outline only), or None.
 
     The outline: a JSON object whose ``split`` (default ``test``) names a mapping of metrics.
-    :mod:`pscl.reporting.report` checks the fields it reads on top of this.
+    :mod:`pscl.reporting.run_records` checks the fields it reads on top of this.
     """
     if not isinstance(record, dict):
         return f"not a JSON object but a {type(record).__name__}"

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pscl.data.io import is_image_file, read_image
+from pscl.data.samples import first_shared_stem
 from pscl.errors import DataError
 
 _GLOB_CHARACTERS = set("*?[")
@@ -75,17 +76,10 @@ def dataset_pool(root: Path, layout: str = "auto", split_seed: int = 0, test_fra
 
     Only file names are listed: no image or mask is opened here.
     """
-    from pscl.data.index import index_dataset
-    from pscl.data.splits import carve_validation
+    from pscl.data.index import index_with_validation
 
-    index = index_dataset(root, layout, split_seed=split_seed, test_fraction=test_fraction,
-                          val_fraction=val_fraction)
-    train = index.train_ids
-    if val_fraction and not index.val_ids:
-        groups = {i: index.samples[i].group for i in train}
-        presets = {i for ids in index.labeled_presets.values() for i in ids}
-        train, _ = carve_validation(train, groups, split_seed, float(val_fraction), keep=presets)
-    candidates = tuple(Candidate(i, index.samples[i].image.resolve()) for i in sorted(train))
+    index, _ = index_with_validation(root, layout, split_seed, test_fraction, val_fraction)
+    candidates = tuple(Candidate(i, index.samples[i].image.resolve()) for i in sorted(index.train_ids))
     settings = {"root": str(index.root.resolve()), "layout": index.layout, "split_seed": split_seed,
                 "test_fraction": test_fraction, "val_fraction": val_fraction}
     return Pool(str(root.resolve()), candidates, settings, dict(index.labeled_presets))
@@ -114,12 +108,12 @@ def file_pool(inputs: Sequence[str]) -> Pool:
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
         raise DataError("no image files (.png, .tif, .tiff, .jpg, .jpeg, .bmp) found", " ".join(inputs), INPUT_FIX)
-    by_id: dict[str, Path] = {}
-    for path in unique:
-        if path.stem in by_id:
-            raise DataError(f"two images have the id `{path.stem}` ({by_id[path.stem]} and {path}); ids are file "
-                            "stems and must be unique", path, "rank them in separate calls, or rename one")
-        by_id[path.stem] = path
+    shared = first_shared_stem(unique)
+    if shared is not None:
+        first, second = shared
+        raise DataError(f"two images have the id `{second.stem}` ({first} and {second}); ids are file "
+                        "stems and must be unique", second, "rank them in separate calls, or rename one")
+    by_id = {path.stem: path for path in unique}
     return Pool(" ".join(inputs), tuple(Candidate(i, by_id[i]) for i in sorted(by_id)))
 
 

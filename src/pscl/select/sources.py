@@ -116,7 +116,7 @@ def run_source(folder: Path, seed: int) -> Source:
         return Source(f"{network.name} ({run.folder})", in_channels, network.backbone,
                       str(settings.get("normalisation", DATASET)), None, run,
                       run.method not in LABEL_FREE_METHODS)
-    from pscl.predict.model import load_trained_model
+    from pscl.models.model_file import load_trained_model
 
     model = load_trained_model(run.folder)
     return Source(f"{run.method} fine-tuned ({run.folder})", model.in_channels, model.backbone,

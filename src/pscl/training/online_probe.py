@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from pscl.probe.evaluate import ProbeSettings, probe_backbone
 from pscl.probe.features import dense_features
@@ -50,8 +51,6 @@ class OnlineProbe(pl.Callback):
     def _project(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log sampled pixels of the first annotated image, with their class names, to every
         TensorBoard logger's projector (``add_embedding``), at the probe's step."""
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
         datamodule = trainer.datamodule
         if not loggers or self.projector_pixels < 1 or not datamodule.labeled_ids:

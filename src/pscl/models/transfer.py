@@ -1,7 +1,9 @@
 """Moving pretrained weights into a fine-tuning backbone: encoder and decoder only, checked.
 
 Projection heads, momentum copies and the classifier never travel. The transferred key set is
-asserted: every encoder/decoder weight of the target is loaded, nothing else is.
+asserted: every encoder/decoder weight of the target is loaded, nothing else is. The weights
+travel in ``pretrained.pt`` files (and pretraining snapshots), which training writes and
+fine-tuning, the pretraining cache and ``pscl-embed`` read.
 """
 
 from __future__ import annotations

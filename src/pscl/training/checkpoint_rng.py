@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 KEY = "pscl_random_state"
+
+
 def train_datasets(loader: Any) -> list[Any]:
     """The datasets with a random state behind a training loader (a DataLoader, a CombinedLoader,
     or the dict/list of loaders Lightning hands back), in a fixed order."""

@@ -1,4 +1,4 @@
-"""Contrastive losses of PSCL (spec section 5) as pure functions of tensors.
+"""The contrastive (InfoNCE-family) losses of PSCL (spec section 5) as pure functions of tensors.
 
 Nothing here holds state: queues live in :mod:`pscl.contrastive.queues`, and the Lightning modules decide
 which tensors to pass. Notation: ``t`` is the temperature, ``D`` the feature dimension, ``N``/``M`` rows

@@ -3,7 +3,7 @@
 SimCLR's augmentations adapted to grey micrographs (no colour, no greyscale conversion): random
 resized crop, horizontal and vertical flips, rot90, brightness/contrast jitter and Gaussian blur
 (Chen et al. 2020; MoCo v2, BYOL and DenseCL use the same family). Unlike PSCL's
-:class:`pscl.data.views.TwoViews`, the geometry of the two views is unrelated and not returned:
+:class:`pscl.data.views_with_geometry.TwoViews`, the geometry of the two views is unrelated and not returned:
 these methods never pair locations by geometry.
 """
 
@@ -65,12 +65,12 @@ class TwoAugmentedViews:
 
     def random_state(self) -> dict[str, Any]:
         """The seed and, per view size, the augmentation's generator states (created lazily)."""
-        from pscl.data.random_state import generator_states
+        from pscl.data.generator_states import generator_states
 
         return {"seed": self.seed, "sizes": {str(size): generator_states(t) for size, t in self._transforms.items()}}
 
     def set_random_state(self, state: dict[str, Any]) -> None:
-        from pscl.data.random_state import set_generator_states
+        from pscl.data.generator_states import set_generator_states
 
         self.seed = state["seed"]
         for size, states in state["sizes"].items():

@@ -32,21 +32,56 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 import pscl
 from pscl.errors import PsclError
 from pscl.integrity import atomic_write_text, content_hashes, copy_atomic, file_lock, hash_file
-
-if TYPE_CHECKING:  # the callback module imports Lightning, which the cache itself does not need
-    from pscl.callbacks.snapshots import Snapshot
+from pscl.models.transfer import load_pretrained, read_meta
 
 log = logging.getLogger("pscl.pretrain_cache")
 ENTRY_FILE = "entry.json"
+EPOCH_PREFIX = "epoch"
+STEP_PREFIX = "step"
+
+
+class Snapshot(NamedTuple):
+    """One snapshot: the epoch it ends or fell in (None if unknown), the optimiser steps so far, its file."""
+
+    epoch: int | None
+    steps: int
+    path: Path
+
+    @property
+    def by_steps(self) -> bool:
+        """True for a ``snapshot_steps`` snapshot (``step_<s>.pt``)."""
+        return self.path.stem.startswith(f"{STEP_PREFIX}_")
+
+    @property
+    def label(self) -> str:
+        """How a log line names it, e.g. ``step 190`` or ``epoch 3``."""
+        return f"step {self.steps}" if self.by_steps else f"epoch {self.epoch}"
+
+    @property
+    def description(self) -> str:
+        """The label with the other count, e.g. ``step 190 (epoch 10)`` or ``epoch 3 (57 steps)``."""
+        if self.by_steps:
+            return f"step {self.steps} (epoch {self.epoch})"
+        return f"epoch {self.epoch} ({self.steps} steps)"
+
+
+# An entry and a run's pretrain/ folder share one layout: pretrained.pt, and snapshots/ with these names
+def snapshot_path(dirpath: Path, epoch: int) -> Path:
+    return Path(dirpath) / f"{EPOCH_PREFIX}_{int(epoch):04d}.pt"
+
+
+def step_snapshot_path(dirpath: Path, step: int) -> Path:
+    return Path(dirpath) / f"{STEP_PREFIX}_{int(step):04d}.pt"
+
 # what a reusable entry yields: the weights, and (epoch, steps, file) of each snapshot
-Found = tuple[dict, list["Snapshot"]]
+Found = tuple[dict, list[Snapshot]]
 
 # data settings that choose or feed the labelled images / fine-tuning only, or say where files live
 # (the labelled ids themselves enter the key of the methods that use them: pretraining_config)
@@ -194,8 +229,6 @@ def verify(folder: Path) -> str | None:
 def _check(folder: Path, epochs: Sequence[int], steps: Sequence[int] = ()) -> tuple[Found | None, str]:
     """``((weights, snapshots), "")`` if the entry passes every check - hashes, the snapshots of
     ``epochs`` / ``steps``, a safe load, finite weights - else ``(None, why not)``."""
-    from pscl.transfer import load_pretrained
-
     problem = verify(folder)
     if problem is not None:
         return None, problem
@@ -256,8 +289,6 @@ def lookup(folder: Path, epochs: Sequence[int], steps: Sequence[int] = ()) -> Fo
 def cached_snapshots(folder: Path, epochs: Sequence[int], steps: Sequence[int] = ()) -> list[Snapshot] | None:
     """The snapshots of ``epochs`` (``epoch_<e>.pt``) and ``steps`` (``step_<s>.pt``) in
     ``<folder>/snapshots``, shortest first; None if one is missing or unreadable."""
-    from pscl.callbacks.snapshots import Snapshot, snapshot_path, step_snapshot_path
-
     found = []
     for epoch in sorted(epochs):
         path = snapshot_path(folder / "snapshots", epoch)
@@ -277,8 +308,6 @@ def cached_snapshots(folder: Path, epochs: Sequence[int], steps: Sequence[int] =
 
 def _snapshot_meta(path: Path) -> dict | None:
     """The meta of the snapshot file ``path``; None if it is missing or unreadable."""
-    from pscl.transfer import read_meta
-
     if not path.is_file():
         return None
     try:

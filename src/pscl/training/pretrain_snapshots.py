@@ -7,54 +7,19 @@ module's encoder/decoder weights are written to ``<dirpath>/epoch_<e>.pt`` or
 ``<dirpath>/step_<s>.pt`` (the format of ``pretrained.pt``, with the epoch and the optimiser steps
 in its meta), so one long pretraining yields the weights of several shorter ones. Methods without
 a schedule that depends on the total length (PSCL, SimCLR, MoCo, DenseCL) give at epoch e / step s
-exactly what a pretraining of that length gives; BYOL's momentum follows the whole length.
+exactly what a pretraining of that length gives; BYOL's momentum follows the whole length. The files
+are named as in a cache entry (:func:`pscl.training.pretrain_cache.snapshot_path`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
 
 import lightning.pytorch as pl
 
-from pscl.transfer import save_pretrained
-
-EPOCH_PREFIX = "epoch"
-STEP_PREFIX = "step"
-
-
-class Snapshot(NamedTuple):
-    """One snapshot: the epoch it ends or fell in (None if unknown), the optimiser steps so far, its file."""
-
-    epoch: int | None
-    steps: int
-    path: Path
-
-    @property
-    def by_steps(self) -> bool:
-        """True for a ``snapshot_steps`` snapshot (``step_<s>.pt``)."""
-        return self.path.stem.startswith(f"{STEP_PREFIX}_")
-
-    @property
-    def label(self) -> str:
-        """How a log line names it, e.g. ``step 190`` or ``epoch 3``."""
-        return f"step {self.steps}" if self.by_steps else f"epoch {self.epoch}"
-
-    @property
-    def description(self) -> str:
-        """The label with the other count, e.g. ``step 190 (epoch 10)`` or ``epoch 3 (57 steps)``."""
-        if self.by_steps:
-            return f"step {self.steps} (epoch {self.epoch})"
-        return f"epoch {self.epoch} ({self.steps} steps)"
-
-
-def snapshot_path(dirpath: Path, epoch: int) -> Path:
-    return Path(dirpath) / f"{EPOCH_PREFIX}_{int(epoch):04d}.pt"
-
-
-def step_snapshot_path(dirpath: Path, step: int) -> Path:
-    return Path(dirpath) / f"{STEP_PREFIX}_{int(step):04d}.pt"
+from pscl.models.transfer import save_pretrained
+from pscl.training.pretrain_cache import Snapshot, snapshot_path, step_snapshot_path
 
 
 def _positive(values: Iterable[int], what: str) -> list[int]:
