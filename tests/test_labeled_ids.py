@@ -289,6 +289,7 @@ def test_pscl_pretraining_is_keyed_on_the_ids_annotated_and_simclr_is_shared(roo
 @pytest.mark.parametrize("override", [
     "data.labeled_ids=/data/selections/kcenter.json", "data.labeled_ids='/data/my runs/sélection.json'",
     "data.labeled_ids=[15_016,03_002]", 'data.labeled_ids=["15_016","03_002"]', "data.labeled_ids=null", "data.labeled_ids=select:coverage:3",
+    "data.labeled_ids=select\\:coverage\\:0",  # as a sweep job saves it in .hydra/overrides.yaml
 ])
 def test_resume_accepts_the_overrides_of_a_run_with_chosen_ids(override: str, tmp_path: Path) -> None:
     from pscl.integrity.configs import check_overrides
