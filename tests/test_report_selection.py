@@ -91,3 +91,20 @@ def test_report_sets_chosen_runs_apart_from_the_rounds(tmp_path: Path) -> None:
     assert "| supervised | 1 | list | 0.450 |" in text
     # the main table pools the four draws only: mean 0.55 over 4 rounds, no repeated-round warning
     assert "0.550" in text and "reported by several runs" not in text
+
+
+def test_rounds_with_and_without_per_class_dice_are_reported(tmp_path: Path) -> None:
+    """A multirun mixing records with and without per-class Dice (e.g. an older pscl) is reported
+    without a crash; only the classes every round has get a column value."""
+    import json
+
+    from pscl.reporting.report import write_report
+
+    root = tmp_path / "multirun"
+    for seed, per_class in enumerate(({"dice_matrix": 0.99, "dice_phase1": 0.5}, {})):
+        _metrics(root / str(seed), "supervised", seed, 0.5 + seed / 10, None)
+        record = json.loads((root / str(seed) / "metrics.json").read_text())
+        record["test"].update(per_class)
+        (root / str(seed) / "metrics.json").write_text(json.dumps(record))
+    text = write_report([root], tmp_path / "out")["results.md"].read_text()
+    assert "| supervised | 1 | 2 | 0.550 ± 0.071 |" in text

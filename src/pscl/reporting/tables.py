@@ -39,7 +39,9 @@ def summarize(runs: Sequence[Run], protocol: str) -> list[dict[str, Any]]:
         values = [reported_values(r, protocol) for r in done]
         dice_mean, dice_std = mean_std([v["dice"] for v in values])
         acc_mean, acc_std = mean_std([v["acc"] for v in values])
-        class_keys = [k for k in (values[0] if values else {}) if k.startswith("dice_")][1:]  # foreground classes
+        foreground = [k for k in (values[0] if values else {}) if k.startswith("dice_")][1:]
+        # a class's mean only over every round: a run whose metrics lack it (an older pscl) leaves it out
+        class_keys = [k for k in foreground if all(k in v for v in values)]
         rows.append({
             "method": method, "num_labeled": regime,
             "num_images": done[0].num_images if done else None,
