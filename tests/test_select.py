@@ -424,7 +424,10 @@ def test_a_select_spec_chooses_in_training_as_pscl_select_does(data_root128: Pat
 
     out = tmp_path / "out"
     assert run([str(data_root128), "--budget", "2", "--out", str(out), "--strategy", strategy, "--seed", "3"]) == 0
+    from pscl.select.choose import choose_training_images
+
     data = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=2, labeled_ids=f"select:{strategy}:3")
+    data.labeled_chooser = choose_training_images  # as pscl-train hands it in
     data.setup("fit")
     assert list(data.labeled_ids) == _ids(out)
     assert data.labeled_source["strategy"] == strategy and data.labeled_source["features"] == "intensity"
@@ -434,6 +437,7 @@ def test_a_select_spec_chooses_in_training_as_pscl_select_does(data_root128: Pat
 
 def test_select_random_is_the_label_seed_draw(data_root128: Path) -> None:
     from pscl.data.datamodule import MicrographDataModule
+    from pscl.select.choose import choose_training_images
 
     for seed in range(4):
         drawn = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=2, label_seed=seed)
@@ -442,9 +446,30 @@ def test_select_random_is_the_label_seed_draw(data_root128: Path) -> None:
         default_seed = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=2, label_seed=seed,
                                             labeled_ids="select:random")
         for data in (drawn, chosen, default_seed):
+            data.labeled_chooser = choose_training_images
             data.setup("fit")
         assert chosen.labeled_ids == drawn.labeled_ids == default_seed.labeled_ids, f"seed {seed}"
         assert chosen.label_seed == default_seed.label_seed == seed
+
+
+def test_a_data_module_without_a_chooser_says_how_to_give_one(data_root128: Path) -> None:
+    from pscl.data.datamodule import MicrographDataModule
+    from pscl.errors import ConfigError
+
+    data = MicrographDataModule(root=data_root128, crop_size=None, num_labeled=1, labeled_ids="select:coverage")
+    with pytest.raises(ConfigError, match="data.labeled_ids") as caught:
+        data.setup("fit")
+    assert "labeled_chooser" in str(caught.value) and "pscl-train" in str(caught.value)
+
+
+def test_the_data_layer_imports_nothing_of_the_selection_package() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, pscl.data.datamodule, pscl.data.labeled_ids; "
+            "print(sorted(m for m in sys.modules if m.startswith('pscl.select')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("value, num_labeled, fragment", [

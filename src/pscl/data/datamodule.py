@@ -40,7 +40,7 @@ from pscl.data.datasets import LabeledDataset, ViewsDataset, seed_worker
 from pscl.data.image_checks import check_annotated_sides, check_crop_fits, check_pool, check_single_crop_batches
 from pscl.data.index import index_with_validation
 from pscl.data.io import read_image, read_mask
-from pscl.data.labeled_ids import check_same_ids, choose_labeled, describe_source, read_choice, seed_source
+from pscl.data.labeled_ids import Chooser, check_same_ids, choose_labeled, describe_source, read_choice, seed_source
 from pscl.data.samples import DatasetIndex
 from pscl.data.splits import parse_num_labeled
 from pscl.data.transforms import PER_IMAGE, check_normalisation, test_transform, train_transform
@@ -96,6 +96,8 @@ class MicrographDataModule(pl.LightningDataModule):
                               "set data.val_fraction (e.g. 0.2) to carve a validation split from the training images")
         # fail early on a malformed value, and read a selection file before anything is indexed
         self._labeled_choice = read_choice(labeled_ids, num_labeled_is_all=parse_num_labeled(num_labeled) is None)
+        #: how ``labeled_ids=select:<strategy>`` chooses (pscl.data.labeled_ids.Chooser); training sets it
+        self.labeled_chooser: Chooser | None = None
         check_normalisation(normalisation)
         self.save_hyperparameters(logger=False)
         self.root = Path(root).expanduser() if root is not None else None
@@ -162,7 +164,7 @@ class MicrographDataModule(pl.LightningDataModule):
         made in the run (``select:<strategy>``) found is added to :attr:`labeled_source`."""
         hp = self.hparams
         ids, facts = choose_labeled(self._labeled_choice, self.index, hp.num_labeled, hp.label_seed, self.root,
-                                    val_carved)
+                                    val_carved, self.labeled_chooser)
         if facts:
             self.labeled_source.update(facts)
             log.info("data.labeled_ids=%s chose %s from %d training images", hp.labeled_ids, ", ".join(ids),

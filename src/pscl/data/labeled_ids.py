@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ from pscl.errors import ConfigError
 
 KEY = "data.labeled_ids"
 SELECT_PREFIX = "select:"
+#: the strategies of pscl-select (pscl.select.strategies takes them from here: the data layer imports
+#: nothing above it)
+STRATEGIES = ("coverage", "typical", "random")
 MAX_SELECTION_BYTES = 4 << 20  # ~100k ids; a selection file is a few KB
 SELECTION_FIELDS = ("strategy", "features", "seed", "budget")
 QUOTE_FIX = ("quote the ids so that they stay strings: 'data.labeled_ids=[\"15_016\",\"03_002\"]' "
@@ -116,8 +119,6 @@ def read_choice(value: Any, num_labeled_is_all: bool = False) -> LabeledChoice |
 
 def read_select_spec(value: str) -> LabeledChoice:
     """``select:<strategy>[:<seed>]`` checked: a strategy of pscl-select and an integer seed."""
-    from pscl.select.strategies import STRATEGIES
-
     parts = value[len(SELECT_PREFIX):].split(":")
     fix = f"write select:<strategy> or select:<strategy>:<seed>, strategy one of {', '.join(STRATEGIES)}"
     if len(parts) > 2 or parts[0] not in STRATEGIES:
@@ -263,26 +264,37 @@ def resolve_ids(choice: LabeledChoice, train_ids: Sequence[str], val_ids: Collec
                       "was the selection made for another data.root?")
 
 
+#: ``(root, {train id: image file}, strategy, budget, seed, presets) -> (ids, facts)``: how a run chooses
+#: its images for ``select:<strategy>`` (``pscl.select.choose.choose_training_images``, handed in by
+#: training, so that the data layer does not import the selection package above it)
+Chooser = Callable[[str, dict[str, Any], str, int, int, Any], tuple[tuple[str, ...], dict[str, Any]]]
+
+
 def choose_labeled(choice: LabeledChoice | None, index: DatasetIndex, num_labeled: int | str, label_seed: int,
-                   root: Path | str, val_carved: bool = False) -> tuple[tuple[str, ...], dict[str, Any]]:
+                   root: Path | str, val_carved: bool = False,
+                   chooser: Chooser | None = None) -> tuple[tuple[str, ...], dict[str, Any]]:
     """This round's annotated ids, and what a choice made in the run adds to its source record.
 
     Without ``choice``: the draw of ``num_labeled`` / ``label_seed`` (the authors' preset subsets
     first). With ``select:<strategy>``: ``num_labeled`` training images chosen by that pscl-select
-    strategy on intensity features, seeded by the spec's seed or ``label_seed``; the facts added
+    strategy on intensity features (``chooser``), seeded by the spec's seed or ``label_seed``; the facts added
     are ``seed``, ``budget``, ``scores`` and ``pool_size``. Otherwise the ids ``choice`` names,
     checked against the splits (:func:`resolve_ids`). Facts are ``{}`` unless chosen in the run.
     """
     if choice is None:
         return select_labeled(index.train_ids, num_labeled, label_seed, index.labeled_presets), {}
     if choice.strategy is not None:  # select:<strategy>: chosen here, from the train images
-        from pscl.select.choose import choose_training_images
-
+        if chooser is None:
+            raise ConfigError(KEY, f"select:{choice.strategy} chooses the annotated images in the run, and this "
+                                   "data module was given no way to choose them",
+                              "run it through pscl-train, or set datamodule.labeled_chooser = "
+                              "pscl.select.choose.choose_training_images before setup(), or pass the "
+                              "selection.json that pscl-select writes")
         seed = int(label_seed) if choice.seed is None else int(choice.seed)
         budget = parse_num_labeled(num_labeled)
         assert budget is not None  # read_choice refuses num_labeled=all beside select:
         images = {i: index.samples[i].image for i in index.train_ids}
-        ids, facts = choose_training_images(str(root), images, choice.strategy, budget, seed, index.labeled_presets)
+        ids, facts = chooser(str(root), images, choice.strategy, budget, seed, index.labeled_presets)
         return ids, {"seed": seed, "budget": budget, "scores": facts["scores"], "pool_size": facts["pool_size"]}
     ids = resolve_ids(choice, index.train_ids, index.val_ids, index.test_ids, [s.id for s in index.unlabeled],
                       val_carved=val_carved)

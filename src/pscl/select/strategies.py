@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pscl.data.labeled_ids import STRATEGIES  # one list for pscl-select and data.labeled_ids=select:...
 from pscl.data.splits import select_labeled
 
-STRATEGIES = ("coverage", "typical", "random")
 # k-means restarts: fixed, so a seed decides the clustering
 KMEANS_INIT = 4
 # coverage fits its k-means on at most this many patches (a seeded draw) and assigns every patch
