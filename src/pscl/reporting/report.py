@@ -124,8 +124,9 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
         if chosen:
             selections = [{"method": r.method, "num_labeled": r.num_labeled, "strategy": r.strategy or "random",
                            "dice": reported_values(r, protocol)["dice"]} for r in [*runs, *chosen] if not r.failed]
-            sections.insert(1, selection_markdown(selection_rows(selections, method_key)))
-            made = plot_selection(selections, out / "selection.png", method_key)
+            chosen_rows = selection_rows(selections, method_key)
+            sections.insert(1, selection_markdown(chosen_rows))
+            made = plot_selection(selections, out / "selection.png", method_key, chosen_rows)
             if made is not None:
                 written["selection.png"] = made
         for name, made in (("label_efficiency.png", plot_label_efficiency(rows, out / "label_efficiency.png")),

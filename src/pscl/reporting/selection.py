@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pscl.reporting.breakdown import regime_order
+
 from pscl.reporting.stats import mean_std
 
 #: strategies whose runs are random draws (the reference), not choices
@@ -30,10 +32,6 @@ def percentile_among(value: float, reference: Sequence[float]) -> float:
     below = sum(1 for r in reference if r < value)
     ties = sum(1 for r in reference if r == value)
     return 100.0 * (below + 0.5 * ties) / len(reference)
-
-
-def _regime_order(regime: str) -> tuple[int, str]:
-    return (int(regime), regime) if regime.isdigit() else (10**9, regime)
 
 
 def selection_rows(records: Sequence[Mapping[str, Any]],
@@ -56,7 +54,7 @@ def selection_rows(records: Sequence[Mapping[str, Any]],
                      "draws_min": min(reference) if reference else math.nan,
                      "draws_max": max(reference) if reference else math.nan,
                      "percentile": percentile_among(dice, reference), "difference": dice - mean})
-    rows.sort(key=lambda r: (order(r["method"]), _regime_order(r["num_labeled"]), r["strategy"]))
+    rows.sort(key=lambda r: (order(r["method"]), regime_order(r["num_labeled"]), r["strategy"]))
     return rows
 
 
@@ -94,11 +92,12 @@ def selection_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_selection(records: Sequence[Mapping[str, Any]], path: Path,
-                   order: Callable[[str], Any] = str) -> Path | None:
+def plot_selection(records: Sequence[Mapping[str, Any]], path: Path, order: Callable[[str], Any] = str,
+                   rows: Sequence[Mapping[str, Any]] | None = None) -> Path | None:
     """A strip plot per (method, budget): the random draws as dots, each chosen set as a marked point.
-    None when no run was chosen by a strategy."""
-    rows = selection_rows(records, order)
+    ``rows``: :func:`selection_rows` of ``records`` when the caller has them. None when no run was
+    chosen by a strategy."""
+    rows = selection_rows(records, order) if rows is None else rows
     if not rows:
         return None
     import matplotlib
@@ -108,7 +107,7 @@ def plot_selection(records: Sequence[Mapping[str, Any]], path: Path,
 
     draws = reference_draws(records)
     groups = sorted({(r["method"], r["num_labeled"]) for r in rows},
-                    key=lambda g: (order(g[0]), _regime_order(g[1])))
+                    key=lambda g: (order(g[0]), regime_order(g[1])))
     strategies = sorted({r["strategy"] for r in rows})
     markers = dict(zip(strategies, "D^sv*Pp"))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(groups)), 3.6))
