@@ -14,7 +14,7 @@ still runs:
 
 It writes ``<out>/summary.json`` and ``<out>/summary.md`` (status, seconds and the output's tail
 of every part). ``--dry-run`` prints each command and replaces it with a check that its program
-exists, so the control flow is tested on any machine (``tests/test_gpu_check.py``).
+exists, so the control flow is tested on any machine (``tests/benchmarks/test_gpu_check.py``).
 
 Usage: ``python benchmarks/gpu_check.py [--budget-s 480] [--wheels wheels] [--out gpu_check] [--dry-run]``
 """

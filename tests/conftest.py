@@ -1,17 +1,24 @@
-"""Shared fixtures: tiny data folders written on the fly, and Hydra configs composed for tests."""
+"""Shared fixtures: tiny data folders written on the fly, and Hydra configs composed for tests;
+below them, the helpers that test modules in several folders share."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from pscl.models.unet import UNet
+    from pscl.modules.pscl import PSCLModule
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -159,3 +166,159 @@ def tree_hashes(*folders: Path) -> dict[str, str]:
             if path.is_file():
                 hashes[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashes
+
+
+# Helpers that test modules in several folders share (from conftest import ...); a test module
+# never imports another test module, so each runs alone and from any folder.
+
+# A small seeded UNet with trained-like BatchNorm statistics, and loose images, for pscl-predict and
+# pscl-export (tests/predict, tests/bad_inputs, tests/data/test_normalisation.py).
+CLASSES = ("matrix", "phase1", "phase2")
+BACKBONE = {"_target_": "pscl.models.unet.UNet", "widths": [8, 16, 16, 32], "channels_last": False,
+            "checkpoint_blocks": "none"}
+
+
+def _backbone(in_channels: int = 1, seed: int = 0) -> UNet:
+    import torch
+    from torch import nn
+
+    from pscl.models.unet import UNet
+
+    torch.manual_seed(seed)
+    model = UNet(in_channels, len(CLASSES), widths=BACKBONE["widths"])
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.num_batches_tracked.fill_(10)
+    return model.eval()
+
+
+def _images(folder: Path, n: int = 3, size: tuple[int, int] = (48, 64)) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        image, _ = draw_sample(rng, *size, 3)
+        paths.append(folder / f"m{i}.png")
+        write_image(paths[-1], image)
+    return paths
+
+
+# Files and configs that run code when read unsafely (tests/integrity, tests/bad_inputs).
+class _Payload:
+    """Pickles to a call of ``Path.touch(marker)``: loading it unsafely creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_crafted_checkpoint(path: Path, marker: Path) -> Path:
+    """A ``pretrained.pt`` look-alike whose pickle runs code (touches ``marker``) when loaded unsafely."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"backbone": {"encoder.w": torch.zeros(2)}, "meta": _Payload(marker)}, path)
+    return path
+
+
+def hub_repo(folder: Path, marker: Path) -> Path:
+    """A local torch.hub repository whose ``hubconf.py`` creates ``marker`` when it is imported."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hubconf.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n\n"
+        "def m(*args, **kwargs):\n    raise RuntimeError('the hub model itself')\n")
+    return folder
+
+
+def hub_config(tmp_path: Path, marker: Path) -> dict:
+    """A backbone config that starts with ``pscl.models.`` but reaches ``torch.hub.load``."""
+    return {"_target_": "pscl.models.unet.torch.hub.load", "repo_or_dir": str(hub_repo(tmp_path / "hub", marker)),
+            "model": "m", "source": "local"}
+
+
+def nested_config(marker: Path) -> dict:
+    """A real backbone whose setting is a nested node that opens (creates) ``marker``."""
+    return {"_target_": "pscl.models.unet.UNet",
+            "widths": {"_target_": "builtins.open", "file": str(marker), "mode": "w"}}
+
+
+def _reopen_log_streams(monkeypatch) -> None:
+    """Point log handlers left on an earlier test's closed capture (Lightning adds one to its logger
+    at import) at this test's stderr, so that a run that trains logs instead of printing
+    "--- Logging error ---" with a traceback."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+# Interrupted and resumed runs (tests/runs/test_resume.py, tests/e2e/test_resume_kill.py,
+# tests/data/test_labeled_ids.py).
+TINY_SYNTH = ["data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=64",
+              "data.unlabeled_batch_size=3", "backbone=unet_small", "backbone.widths=[8,16,32,64]", "logger=csv",
+              "data.samples_per_epoch=4", "data.batch_size=2", "trainer.deterministic=true",
+              "checkpoint.pretrain_every_n_epochs=1", "checkpoint.finetune_every_n_epochs=1",
+              "method.pretrain_epochs=4", "trainer.max_epochs=4"]
+
+
+class Interrupted(RuntimeError):
+    """Stands in for a kill."""
+
+
+def comparable(metrics: dict) -> dict:
+    """What must not change with an interruption: the reported metrics (no timings, no paths)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("seconds", "wall_time_s")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    keys = ("test", "probe", "snapshots", "test_history", "labeled_ids", "transferred_keys")
+    return strip({k: metrics[k] for k in keys if k in metrics})
+
+
+def interrupt_at_epoch(module_class: type, epoch: int, monkeypatch) -> None:
+    """``module_class`` raises :class:`Interrupted` at the first step of ``epoch``, once."""
+    original = module_class.training_step
+    fired = []
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == epoch and not fired:
+            fired.append(True)
+            raise Interrupted(f"simulated kill at epoch {epoch}")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_class, "training_step", training_step)
+
+
+# A PSCL pretraining batch (tests/modules/test_pscl.py, tests/contrastive/test_bf16.py).
+WIDTHS = (8, 16, 32, 64)
+
+
+def make_batch(module: PSCLModule, size: int = 64, unlabeled: int = 3, seed: int = 0) -> dict:
+    """A pretraining batch built with the module's own views from random micrograph-like images."""
+    import numpy as np
+    from torch.utils.data import default_collate
+
+    rng = np.random.default_rng(seed)
+    views = module.views((0.5,), (0.2,), size)
+    views.reseed(seed)
+    mask = np.zeros((size, size), np.uint8)
+    mask[: size // 2, : size // 2] = 1
+    mask[size // 2:, size // 2:] = 2
+    mask[: size // 4, size // 2:] = 3
+    image = (0.3 + 0.15 * mask + 0.05 * rng.standard_normal((size, size))).astype(np.float32)[..., None]
+    labeled = views(image, mask)
+    labeled["group"] = 0
+    items = []
+    for b in range(unlabeled):
+        other = np.roll(image, shift=(7 * b, 5 * b), axis=(0, 1))
+        item = views(other)
+        item["group"] = b % 2
+        items.append(item)
+    return {"labeled": default_collate([labeled]), "unlabeled": default_collate(items)}

@@ -8,24 +8,7 @@ heavy at its top.
 
 from __future__ import annotations
 
-import os
-import sys
-
-from pscl.errors import EXIT_USER_ERROR
-from pscl.perf import configure_allocator
-
-
-def choose_allocator(prog: str = "pscl-train") -> str:
-    """Apply ``PSCL_ALLOCATOR`` (may re-execute this command with mimalloc preloaded) and record the
-    allocator in effect in ``PSCL_ALLOCATOR_IN_EFFECT`` for the run's log; an unknown name is a user
-    error (exit 2). Every entry point of ``pscl-train`` calls it first."""
-    try:
-        allocator = configure_allocator()
-    except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = allocator
-    return allocator
+from pscl.perf import choose_allocator
 
 
 def train() -> None:

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
+from pscl.errors import EXIT_USER_ERROR
+
 ALLOCATORS = ("mimalloc", "glibc-tuned", "glibc")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -121,3 +123,16 @@ def configure_allocator() -> str:
     if mimalloc_active():
         return "mimalloc"
     return "glibc-tuned" if tune_allocator() else "glibc"
+
+
+def choose_allocator(prog: str = "pscl-train") -> str:
+    """Apply ``PSCL_ALLOCATOR`` (may re-execute this command with mimalloc preloaded) and record the
+    allocator in effect in ``PSCL_ALLOCATOR_IN_EFFECT`` for the run's log; an unknown name is a user
+    error (exit 2). Every entry point of ``pscl-train`` calls it first."""
+    try:
+        allocator = configure_allocator()
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    os.environ["PSCL_ALLOCATOR_IN_EFFECT"] = allocator
+    return allocator

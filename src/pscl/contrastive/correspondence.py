@@ -12,7 +12,7 @@ up to ~1.6 cells apart. Here ``kidx`` is the view-2 cell that contains the centr
 cell, mapped through the crop the image really got: pass ``image_size`` (S, the views' pixel size)
 and the crop is first rounded to the pixel grid by ``crop_box`` exactly as ``apply_geometry`` does.
 Then the pairing is off by at most 0.75 cell at stride 4, 0.5 cell at stride 2 and half a pixel at
-stride 1 (checked in tests/test_views_correspondence.py). Without ``image_size`` the relative crop
+stride 1 (checked in tests/data/test_views_correspondence.py). Without ``image_size`` the relative crop
 is used as is, which is equally exact for crops drawn on the pixel grid (``TwoViews`` draws them so)
 and up to ~1 pixel further off otherwise.
 """

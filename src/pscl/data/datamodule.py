@@ -11,7 +11,7 @@ It indexes the folder (:mod:`pscl.data.index`), checks every annotated file once
   ``eval_split="val"`` (protocol selection) the test images are never read and this raises;
 * ``pretrain_dataloader`` - per step a batch of the pretraining pool (all train images plus
   ``unlabeled/``) and one annotated image with its mask; :meth:`use_pretraining` makes
-  ``train_dataloader`` serve it.
+  ``train_dataloader`` serve it (both in :mod:`pscl.data.pretraining_loaders`).
 
 The data module knows nothing about methods: what a pretraining item holds is decided by the
 ``views`` callable a pretraining method hands to :meth:`unlabeled_dataloader`.
@@ -35,13 +35,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pscl.constants import IGNORE_INDEX, MIN_IMAGE_SIDE, SINGLE_CROP_SIDE
-from pscl.data.datasets import LabeledDataset, ViewsDataset, seed_worker
-from pscl.data.image_checks import check_annotated_sides, check_crop_fits, check_pool, check_single_crop_batches
+from pscl.constants import IGNORE_INDEX, SINGLE_CROP_SIDE
+from pscl.data.datasets import LabeledDataset, seed_worker
+from pscl.data.image_checks import check_annotated_sides, check_crop_fits, check_single_crop_batches
 from pscl.data.index import index_with_validation
 from pscl.data.io import read_image, read_mask
 from pscl.data.labeled_ids import Chooser, check_same_ids, choose_labeled, describe_source, read_choice, seed_source
+from pscl.data.pretraining_loaders import PretrainingLoaders
 from pscl.data.samples import DatasetIndex
+from pscl.data.setting_checks import check_class_weights, check_settings, synthetic_spec
 from pscl.data.splits import parse_num_labeled
 from pscl.data.transforms import PER_IMAGE, check_normalisation, test_transform, train_transform
 from pscl.errors import ConfigError
@@ -49,7 +51,7 @@ from pscl.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-class MicrographDataModule(pl.LightningDataModule):
+class MicrographDataModule(PretrainingLoaders, pl.LightningDataModule):
     """Micrograph data for every stage; see the module docstring."""
 
     def __init__(
@@ -78,22 +80,10 @@ class MicrographDataModule(pl.LightningDataModule):
         normalisation: str = "dataset",
     ) -> None:
         super().__init__()
-        if root is None and synthetic is None:
-            raise ConfigError("data.root", "no data folder given", "set data.root=/path/to/folder or use data=synthetic")
-        if in_channels not in (1, 3):
-            raise ConfigError("data.in_channels", f"must be 1 or 3, got {in_channels}")
-        if crop_size is not None and int(crop_size) < MIN_IMAGE_SIDE:
-            raise ConfigError("data.crop_size",
-                              f"must be >= {MIN_IMAGE_SIDE} pixels or null (whole image), got {crop_size}")
-        for key, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch),
-                           ("test_batch_size", test_batch_size), ("unlabeled_batch_size", unlabeled_batch_size)):
-            if int(value) < 1:
-                raise ConfigError(f"data.{key}", f"must be >= 1, got {value}")
-        if eval_split not in ("test", "val"):
-            raise ConfigError("eval.split", f"must be test or val, got {eval_split!r}")
-        if eval_split == "val" and not float(val_fraction) > 0:
-            raise ConfigError("data.val_fraction", "is 0 but runs evaluate on the validation split (eval.split=val)",
-                              "set data.val_fraction (e.g. 0.2) to carve a validation split from the training images")
+        check_settings(root, synthetic, in_channels, crop_size,
+                       {"batch_size": batch_size, "samples_per_epoch": samples_per_epoch,
+                        "test_batch_size": test_batch_size, "unlabeled_batch_size": unlabeled_batch_size},
+                       eval_split, val_fraction)
         # fail early on a malformed value, and read a selection file before anything is indexed
         self._labeled_choice = read_choice(labeled_ids, num_labeled_is_all=parse_num_labeled(num_labeled) is None)
         #: how ``labeled_ids=select:<strategy>`` chooses (pscl.data.labeled_ids.Chooser); training sets it
@@ -125,14 +115,9 @@ class MicrographDataModule(pl.LightningDataModule):
 
     def _synthetic_root(self) -> Path:
         """The cached synthetic dataset of ``data.synthetic``, generated on first use."""
-        from pscl.data.synthetic import SyntheticSpec, ensure_dataset
+        from pscl.data.synthetic import ensure_dataset
 
-        spec_kwargs = {k: tuple(v) if k == "counts" else v for k, v in (self.synthetic or {}).items()}
-        try:
-            spec = SyntheticSpec(**spec_kwargs)
-        except (TypeError, ValueError) as exc:  # unknown key, or a value the generator rejects
-            raise ConfigError("data.synthetic", str(exc), "valid keys: counts, size, seed, test_fraction") from None
-        return ensure_dataset(self.cache_dir, spec)
+        return ensure_dataset(self.cache_dir, synthetic_spec(self.synthetic))
 
     def setup(self, stage: str | None = None) -> None:
         """Index and check the folder, load the annotated images, pick this round's labels."""
@@ -148,11 +133,7 @@ class MicrographDataModule(pl.LightningDataModule):
         check_annotated_sides(self.index, self._images, self.labeled_ids, hp.crop_size)
         check_crop_fits(self.index, self._images, self.labeled_ids, hp.crop_size, hp.batch_size)
         self.mean, self.std = self._input_statistics()
-        if hp.class_weights is not None and len(hp.class_weights) != self.num_classes:
-            raise ConfigError("data.class_weights",
-                              f"lists {len(hp.class_weights)} weights but the dataset has {self.num_classes} classes "
-                              f"({', '.join(self.class_names)})",
-                              "give one weight per class, or null for equal weights")
+        check_class_weights(hp.class_weights, self.class_names)
         log.info("data %s: %d train (%d annotated for this round, from %s: %s), %d val, %d test, "
                  "%d extra unlabelled",
                  self.root, len(self.index.train_ids), len(self.labeled_ids), describe_source(self.labeled_source),
@@ -203,13 +184,6 @@ class MicrographDataModule(pl.LightningDataModule):
             assert sample.mask is not None
             mask = read_mask(sample.mask, self.num_classes, image.shape[:2], sample.image)
             self._images[sample_id], self._masks[sample_id] = image, mask
-
-    def _check_pool(self) -> None:
-        """Decode (or recall by content hash) every pretraining pool image and compare it to the crop;
-        called when a run is about to pretrain (:meth:`use_pretraining`), as only pretraining reads
-        ``unlabeled/`` and the training images outside this round."""
-        known = {self.index.samples[i].image: self._images[i].shape[:2] for i in self.index.train_ids}
-        check_pool(self.pretraining_pool(), self.hparams.in_channels, self.hparams.crop_size, self.cache_dir, known)
 
     def _input_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The mean and std every input is normalised with: the train images' (``dataset``), or 0
@@ -334,66 +308,6 @@ class MicrographDataModule(pl.LightningDataModule):
                               "evaluate on the validation split, or set eval.split=test")
         return self._loader(self.whole_image_dataset(self.index.test_ids),  # type: ignore[union-attr]
                             int(self.hparams.test_batch_size), shuffle=False)
-
-    def _group_index(self) -> dict[str, int]:
-        return {g: k for k, g in enumerate(self.group_names)}
-
-    def _pool_samples(self) -> list:
-        self._require_setup()
-        index = self.index
-        assert index is not None
-        return [index.samples[i] for i in index.train_ids] + list(index.unlabeled)
-
-    def pretraining_pool(self) -> list[Path]:
-        """Image files of the pretraining pool: every train image plus ``unlabeled/``."""
-        return [s.image for s in self._pool_samples()]
-
-    def unlabeled_dataset(self, views: Callable[..., dict]) -> ViewsDataset:
-        """The pretraining pool: every train image (labels unused) plus ``unlabeled/``."""
-        samples = self._pool_samples()
-        groups = self._group_index()
-        return ViewsDataset(
-            [s.image for s in samples], [s.id for s in samples], [groups.get(s.group, -1) for s in samples],
-            views, self.in_channels, cache=self._images, per_image=self.per_image,
-        )
-
-    def annotated_views_dataset(self, views: Callable[..., dict]) -> ViewsDataset:
-        """This round's annotated images with their masks, for label-guided pretraining."""
-        self._require_setup()
-        index = self.index
-        assert index is not None
-        samples = [index.samples[i] for i in self.labeled_ids]
-        groups = self._group_index()
-        return ViewsDataset(
-            [s.image for s in samples], [s.id for s in samples], [groups.get(s.group, -1) for s in samples],
-            views, self.in_channels, cache=self._images, masks={i: self._masks[i] for i in self.labeled_ids},
-            per_image=self.per_image,
-        )
-
-    def unlabeled_dataloader(self, views: Callable[..., dict]) -> DataLoader:
-        dataset = self.unlabeled_dataset(views)
-        batch_size = int(self.hparams.unlabeled_batch_size)
-        if len(dataset) < batch_size:
-            raise ConfigError("data.unlabeled_batch_size",
-                              f"is {batch_size} but the pretraining pool holds only {len(dataset)} images",
-                              f"set data.unlabeled_batch_size<={len(dataset)} or add images to <root>/unlabeled/")
-        return self._loader(dataset, batch_size, shuffle=True, drop_last=True)
-
-    def pretrain_dataloader(self, views: Callable[..., dict], annotated: bool = True) -> CombinedLoader:
-        """Per step: ``"unlabeled"``, a batch of two-view items from the pool, and (``annotated``)
-        ``"labeled"``, one two-view item of this round's annotated images with its mask (cycled)."""
-        loaders = {"unlabeled": self.unlabeled_dataloader(views)}
-        if annotated:
-            loaders["labeled"] = self._loader(self.annotated_views_dataset(views), 1, shuffle=True)
-        return CombinedLoader(loaders, mode="max_size_cycle")
-
-    def use_pretraining(self, views: Callable[..., dict] | None, annotated: bool = True) -> None:
-        """Make :meth:`train_dataloader` serve pretraining items built by ``views`` (None: fine-tuning);
-        ``annotated=False`` for methods that never look at labels."""
-        if views is not None and self._pretrain_views is None:
-            self._check_pool()
-        self._pretrain_views = views
-        self._pretrain_annotated = annotated
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointed facts: the round's annotated ids and the normalisation used in training."""

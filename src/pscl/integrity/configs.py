@@ -34,7 +34,7 @@ from pscl.errors import DataError
 # Hydra's special keys: any of them lets a config do more than hold values
 HYDRA_SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
 
-# every class pscl's own configs instantiate (conf/); tests/test_security.py checks the list is complete
+# every class pscl's own configs instantiate (conf/); tests/integrity/test_security.py checks the list is complete
 RUN_TARGETS = frozenset({
     "pscl.models.unet.UNet",
     "pscl.data.datamodule.MicrographDataModule",

@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 
 from pscl.errors import ConfigError
-from pscl.losses.segmentation import segmentation_loss
+from pscl.losses.ce_dice import segmentation_loss
 from pscl.metrics import SegmentationMetrics
 from pscl.models.base import SegmentationBackbone
 
@@ -50,12 +50,12 @@ class SegmentationModule(pl.LightningModule):
         if len(class_names) != backbone.num_classes:
             raise ConfigError("num_classes", f"backbone predicts {backbone.num_classes} classes, data has {len(class_names)}")
         if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
-            raise ConfigError("finetune.ce_weight/dice_weight", "must be >= 0 and not both 0")
-        for key, lr in (("finetune.encoder_lr", encoder_lr), ("finetune.decoder_lr", decoder_lr)):
+            raise ConfigError("finetune.module.ce_weight/dice_weight", "must be >= 0 and not both 0")
+        for key, lr in (("finetune.module.encoder_lr", encoder_lr), ("finetune.module.decoder_lr", decoder_lr)):
             if not lr > 0:
                 raise ConfigError(key, f"learning rate must be > 0, got {lr}")
         if int(encoder_warmup_epochs) < 0:
-            raise ConfigError("finetune.encoder_warmup_epochs", f"must be >= 0, got {encoder_warmup_epochs}")
+            raise ConfigError("finetune.module.encoder_warmup_epochs", f"must be >= 0, got {encoder_warmup_epochs}")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
         self.class_names = tuple(class_names)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -10,12 +9,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pscl.data.io import is_image_file
+from pscl.data.image_files import list_image_files
 from pscl.data.samples import first_shared_stem
 from pscl.data.text import read_csv_rows
 from pscl.errors import DataError
 
-_GLOB_CHARACTERS = set("*?[")
 RECORD_FILE = "predict.json"  # what a batch did, and every file it wrote into --out
 _NAMED = 5  # files named in a refusal; the rest are counted
 
@@ -27,36 +25,16 @@ def collect_images(inputs: list[str]) -> list[Path]:
     ``errors.csv``); folders and globs contribute image files only. Raises :class:`DataError`
     when nothing is found, or when two images would write the same output name.
     """
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found += _images_in(path)
-        elif path.is_file():
-            found.append(path)
-        elif _GLOB_CHARACTERS & set(item):
-            found += sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                            if Path(p).is_file() and is_image_file(Path(p)))
-        else:
-            raise DataError("not found", path, "give image files, folders of images, or a quoted glob like 'run1/*.tif'")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    if not unique:
-        raise DataError("no image files (.png, .tif, .tiff, .jpg, .jpeg, .bmp) found", " ".join(inputs),
-                        "check the paths; folders are not searched recursively (use a glob like 'dir/**/*.tif')")
+    unique = list_image_files(
+        inputs, missing_fix="give image files, folders of images, or a quoted glob like 'run1/*.tif'",
+        unlisted_fix="check that you may read the folder",
+        empty_fix="check the paths; folders are not searched recursively (use a glob like 'dir/**/*.tif')")
     shared = first_shared_stem(unique)
     if shared is not None:
         first, second = shared
         raise DataError(f"two inputs would write the same outputs `{second.stem}.*`: {first} and {second}",
                         second, "predict them into separate --out folders, or rename one")
     return unique
-
-
-def _images_in(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted; an unreadable folder is a :class:`DataError`."""
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
-    except OSError as exc:
-        raise DataError(f"cannot be listed ({exc.strerror})", folder, "check that you may read the folder") from None
 
 
 @dataclass(frozen=True)

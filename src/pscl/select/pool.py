@@ -14,7 +14,6 @@ left out, and the others are still ranked.
 from __future__ import annotations
 
 import dataclasses
-import glob
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from pscl.data.io import is_image_file, read_image
+from pscl.data.image_files import list_image_files
+from pscl.data.io import read_image
 from pscl.data.samples import first_shared_stem
 from pscl.errors import DataError
 
-_GLOB_CHARACTERS = set("*?[")
 INPUT_FIX = ("give a pscl data folder, a folder of images, image files, or a quoted glob like 'pool/*.tif' "
              "(folders are not searched recursively)")
 
@@ -90,24 +89,8 @@ def file_pool(inputs: Sequence[str]) -> Pool:
 
     A file named explicitly is kept whatever its suffix (if it is no image, reading names it).
     """
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            try:
-                found += sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
-            except OSError as exc:
-                raise DataError(f"cannot be listed ({exc.strerror})", path, "check that you may read it") from None
-        elif path.is_file():
-            found.append(path)
-        elif _GLOB_CHARACTERS & set(item):
-            found += sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                            if Path(p).is_file() and is_image_file(Path(p)))
-        else:
-            raise DataError("not found", path, INPUT_FIX)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    if not unique:
-        raise DataError("no image files (.png, .tif, .tiff, .jpg, .jpeg, .bmp) found", " ".join(inputs), INPUT_FIX)
+    unique = list_image_files(inputs, missing_fix=INPUT_FIX, unlisted_fix="check that you may read it",
+                              empty_fix=INPUT_FIX)
     shared = first_shared_stem(unique)
     if shared is not None:
         first, second = shared

@@ -21,12 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pscl.checks.folders import check_log_folder
-from pscl.cli import choose_allocator
 from pscl.errors import (
     EXIT_CRASH, EXIT_PARTIAL, EXIT_USER_ERROR, ConfigError, PsclError, crash_message, debugging, run_command)
 from pscl.integrity import atomic_write_bytes, atomic_write_text
 from pscl.integrity.configs import check_run_targets
+from pscl.perf import choose_allocator
 from pscl.runs.quoting import unquote_value
+from pscl.runs.renamed_keys import translate_overrides
 from pscl.runs.resume import resume_argv, write_run_record
 from pscl.runs.state import FAILED, failure_line
 from pscl.training.build import resuming
@@ -159,6 +160,10 @@ def run_cli() -> int:
             if sweep is not None:
                 record = Path(unquote_value(sweep)) / "multirun.yaml"
                 _sweep_record = (record, record.read_bytes())
+        arguments, notes = translate_overrides(sys.argv[1:])
+        sys.argv = [sys.argv[0], *arguments]
+        for note in notes:
+            print(f"pscl-train: note: {note}", file=sys.stderr, flush=True)
         check_log_folder(sys.argv[1:])
     except PsclError as exc:
         if debugging():

@@ -68,6 +68,12 @@ def probe_settings(cfg: DictConfig) -> ProbeSettings:
     return settings_from_config(cfg.get("probe"))
 
 
+def build_datamodule(cfg: DictConfig) -> Any:
+    """The configured data module (``data``), told which split a run evaluates on (``eval.split``):
+    the data config does not read ``eval``, the training hands it over."""
+    return instantiate(cfg.data, eval_split=eval_split(cfg))
+
+
 def eval_split(cfg: DictConfig) -> str:
     """``eval.split``: ``test`` (report) or ``val`` (protocol selection: the test set is never opened)."""
     split = str((cfg.get("eval") or {}).get("split", "test"))

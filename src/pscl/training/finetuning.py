@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
 from pscl.errors import ConfigError
-from pscl.losses.segmentation import class_weights_from_counts
+from pscl.losses.ce_dice import class_weights_from_counts
 from pscl.models.model_file import save_model
 from pscl.models.transfer import transfer_weights
 from pscl.training.build import (
@@ -102,8 +102,7 @@ def finetune(cfg: DictConfig, datamodule: Any, pretrained: dict[str, torch.Tenso
     if pretrained is not None:
         keys = transfer_weights(backbone, pretrained)
         log.info("fine-tuning from %d pretrained encoder/decoder tensors", len(keys))
-    node = OmegaConf.to_container(cfg.finetune, resolve=True)
-    node.pop("class_weights", None)
+    node = OmegaConf.to_container(cfg.finetune.module, resolve=True)
     if pretrained is None:  # warm-up concerns a pretrained encoder; a random one trains from the start
         node["encoder_warmup_epochs"] = 0
     model = instantiate(node, backbone=backbone, class_names=datamodule.class_names,

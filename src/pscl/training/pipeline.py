@@ -30,7 +30,7 @@ from pscl.models.transfer import load_pretrained
 from pscl.runs import METRICS, read_state, run_markers
 from pscl.runs.quoting import command_arg
 from pscl.select.choose import choose_training_images
-from pscl.training.build import eval_split, instantiate, resuming
+from pscl.training.build import build_datamodule, eval_split, resuming
 from pscl.training.evaluation import evaluate_weights, finetune_from_snapshot, random_init_probe
 from pscl.training.finetuning import protocol
 from pscl.training.pretraining import Pretraining, pretrain_or_reuse
@@ -76,7 +76,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     datamodule.labeled_chooser = choose_training_images  # data.labeled_ids=select:<strategy>
     datamodule.prepare_data()
     datamodule.setup("fit")

@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pscl.callbacks.resume_checkpoint import ResumeCheckpoint
 from pscl.data.labeled_ids import check_same_ids, describe_source
@@ -30,7 +30,7 @@ from pscl.training.build import (
 from pscl.training.checkpoint_rng import RandomState
 from pscl.training.online_probe import OnlineProbe
 from pscl.training.pretrain_cache import Snapshot
-from pscl.training.pretrain_snapshots import PretrainSnapshots, StepSnapshots
+from pscl.training.pretrain_snapshots import PretrainSnapshots
 from pscl.training.pretraining_length import describe_length, pretraining_limits, snapshot_epochs, snapshot_steps
 from pscl.training.stop_on_divergence import StopOnDivergence
 
@@ -48,6 +48,17 @@ class Pretraining:
     snapshots: list[Snapshot] = field(default_factory=list)
 
 
+def pretraining_callbacks(cfg: DictConfig, stage_dir: Path) -> list[Any]:
+    """The configured ones (``pretrain_callbacks``: conf/callbacks/pretrain.yaml) with their
+    checkpoints in ``<stage_dir>/checkpoints``, then the ones the stage always needs: the
+    divergence stop and the random states of a resumed run."""
+    callbacks = instantiate_section(cfg.get("pretrain_callbacks"))
+    for callback in callbacks:
+        if isinstance(callback, ResumeCheckpoint):
+            callback.dirpath = stage_dir / "checkpoints"
+    return [*callbacks, StopOnDivergence("pretraining", stage_dir / "checkpoints"), RandomState()]
+
+
 def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     """Run the method's pretraining on this round's data; returns the transferable weights.
 
@@ -63,21 +74,16 @@ def pretrain(cfg: DictConfig, datamodule: Any, output_dir: Path) -> Pretraining:
     module = instantiate(cfg.method.pretrain, backbone=backbone, num_classes=datamodule.num_classes)
     datamodule.use_pretraining(module.views(datamodule.mean, datamodule.std, datamodule.hparams.crop_size),
                                annotated=module.uses_labels)
-    # only the progress bar of the configured callbacks applies: no predictions, own checkpoints
-    every_n_epochs = int(OmegaConf.select(cfg, "checkpoint.pretrain_every_n_epochs", default=5))
-    callbacks: list[Any] = [ResumeCheckpoint(stage_dir / "checkpoints", every_n_epochs),
-                            StopOnDivergence("pretraining", stage_dir / "checkpoints"), RandomState()]
-    by_epoch = PretrainSnapshots(epochs, stage_dir / "snapshots", {"method": cfg.method.name})
-    by_step = StepSnapshots(steps, stage_dir / "snapshots", {"method": cfg.method.name})
+    callbacks = pretraining_callbacks(cfg, stage_dir)
+    meta = {"method": cfg.method.name}
+    by_epoch = PretrainSnapshots(epochs, stage_dir / "snapshots", meta, unit="epoch")
+    by_step = PretrainSnapshots(steps, stage_dir / "snapshots", meta, unit="step")
     callbacks.extend(snapshots for snapshots, wanted in ((by_epoch, epochs), (by_step, steps)) if wanted)
     every = int((cfg.get("probe") or {}).get("every_n_epochs") or 0)
     if every < 0:
         raise ConfigError("probe.every_n_epochs", f"must be >= 0 (0 = no online probe), got {every}")
     if every:
         callbacks.append(OnlineProbe(every, probe_settings(cfg), eval_split(cfg)))
-    progress_bar = (cfg.get("callbacks") or {}).get("progress_bar")
-    if progress_bar is not None:
-        callbacks.append(instantiate(progress_bar))
     resume_from = resume_checkpoint(cfg, stage_dir / "checkpoints")
     if resume_from is not None:
         keep_earlier_logs(stage_dir)
