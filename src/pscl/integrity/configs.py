@@ -37,6 +37,7 @@ HYDRA_SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_"
 # every class pscl's own configs instantiate (conf/); tests/integrity/test_security.py checks the list is complete
 RUN_TARGETS = frozenset({
     "pscl.models.unet.UNet",
+    "pscl.models.smp_backbone.SmpBackbone",
     "pscl.data.datamodule.MicrographDataModule",
     "pscl.modules.segmentation.SegmentationModule",
     "pscl.modules.simclr.SimCLRModule",

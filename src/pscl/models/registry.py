@@ -25,12 +25,21 @@ def _unet() -> type[SegmentationBackbone]:
     return UNet
 
 
+def _smp() -> type[SegmentationBackbone]:
+    from pscl.models.smp_backbone import SmpBackbone
+
+    return SmpBackbone
+
+
 # exact class name -> the class (imported when needed)
 BACKBONES: dict[str, Callable[[], type[SegmentationBackbone]]] = {
     "pscl.models.unet.UNet": _unet,
+    "pscl.models.smp_backbone.SmpBackbone": _smp,
 }
 # set from the model file's own facts, never from its backbone config
 _FROM_MODEL = ("in_channels", "num_classes")
+# initial weights the model file's own weights replace: never read (or downloaded) again
+_INITIAL_WEIGHTS = ("encoder_weights",)
 
 
 def build_backbone_from_file(config: Mapping[str, Any], in_channels: int, num_classes: int, path: Path | str,
@@ -44,7 +53,7 @@ def build_backbone_from_file(config: Mapping[str, Any], in_channels: int, num_cl
     """
     target, settings = check_file_config(config, BACKBONES, path, "backbone_config", fix)
     backbone_class = BACKBONES[target]()
-    settings = {k: v for k, v in settings.items() if k not in _FROM_MODEL}
+    settings = {k: (None if k in _INITIAL_WEIGHTS else v) for k, v in settings.items() if k not in _FROM_MODEL}
     accepted = set(inspect.signature(backbone_class).parameters) - set(_FROM_MODEL)
     unknown = sorted(set(settings) - accepted)
     if unknown:

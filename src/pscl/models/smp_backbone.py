@@ -1,0 +1,200 @@
+"""segmentation_models_pytorch (smp) networks as pscl backbones (``backbone=smp``, docs/backbones.md).
+
+:class:`SmpBackbone` holds the three parts of an ``smp.Unet`` under pscl's names: ``encoder`` and
+``decoder`` are smp's own modules (so their state-dict keys are the ones ``smp.Unet`` uses, and
+the pretrained weights travel by the same ``encoder.`` / ``decoder.`` prefixes as the paper
+UNet's), and ``classifier`` is smp's ``segmentation_head``. For the losses it exposes
+
+* the bottleneck: the encoder's deepest map (stride ``encoder.output_stride``, 32 for a depth-5
+  ResNet; the paper UNet's is 8): image-level losses pool it, DenseCL reads its grid;
+* the decoder maps at 1/4, 1/2 and 1/1: the outputs of smp's last three decoder blocks, which the
+  patch losses and the probe read.
+
+An input whose sides are not multiples of the encoder's stride (whole test images) is padded on
+the bottom and right by reflection and every output is cropped back, so any size works.
+Grey micrographs (``in_channels=1``) use smp's adaptation of the first convolution (its RGB
+filters summed when ImageNet weights are loaded). ``encoder_weights``: ``null`` (random), a
+local file of encoder weights (read with ``weights_only=True``), or ``imagenet`` (downloaded by
+smp: it needs network access, and without it the run stops before training with a message).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pscl.errors import ConfigError, DataError
+from pscl.models.base import BackboneFeatures, SegmentationBackbone
+
+ARCHITECTURES = ("unet",)
+# smp's default decoder widths for a depth-5 encoder (smp.Unet(...) without decoder_channels)
+SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+_WEIGHTS_FIX = ("set backbone.encoder_weights=null (random initialisation), or give a local file of this encoder's "
+                "weights: backbone.encoder_weights=/path/to/weights.pth (docs/backbones.md says how to make one)")
+
+
+def smp_encoder_names() -> list[str]:
+    """Every encoder name smp knows (its own and ``tu-<timm name>`` ones are listed by smp)."""
+    import segmentation_models_pytorch as smp
+
+    return sorted(smp.encoders.get_encoder_names())
+
+
+def _check_encoder_name(name: str) -> None:
+    """Raise :class:`ConfigError` for a name smp does not know, listing the closest ones."""
+    if name.startswith("tu-"):  # any timm model; timm itself checks the name
+        import timm
+
+        if timm.is_model(name[3:]):
+            return
+        close = difflib.get_close_matches(name[3:], timm.list_models(), n=5)
+        raise ConfigError("backbone.encoder_name", f"{name!r} is not a timm model",
+                          "closest: " + ", ".join(f"tu-{c}" for c in close) if close else None)
+    names = smp_encoder_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else "see smp's list of encoders"
+        raise ConfigError("backbone.encoder_name", f"{name!r} is not an encoder segmentation_models_pytorch knows",
+                          hint + " (or tu-<any timm model>)")
+
+
+def read_encoder_weights(path: Path, encoder_name: str) -> dict[str, torch.Tensor]:
+    """The encoder weights in a local file: a state dict of the encoder, or of a whole smp model
+    (its ``encoder.`` keys are taken). Read with ``weights_only=True``: a pickle that would run
+    code is refused. Raises :class:`DataError` naming the file."""
+    from pscl.integrity.loading import load_weights
+
+    blob = load_weights(path, _WEIGHTS_FIX)
+    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
+        blob = blob["state_dict"]
+    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise DataError(f"is not a state dict of {encoder_name} encoder weights (a mapping of names to tensors)",
+                        path, _WEIGHTS_FIX)
+    if any(str(k).startswith("encoder.") for k in blob):
+        blob = {k[len("encoder."):]: v for k, v in blob.items() if str(k).startswith("encoder.")}
+    return {str(k): v for k, v in blob.items()}
+
+
+class SmpBackbone(SegmentationBackbone):
+    """An smp UNet (``arch="unet"``) with any smp encoder, as a pscl backbone (module docstring)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 4, arch: str = "unet",
+                 encoder_name: str = "resnet18", encoder_depth: int = 5, encoder_weights: str | None = None,
+                 decoder_channels: tuple[int, ...] | list[int] | None = None) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        if arch not in ARCHITECTURES:
+            raise ConfigError("backbone.arch", f"must be one of {ARCHITECTURES}, got {arch!r}",
+                              "the patch losses need decoder maps at 1/4, 1/2 and 1/1, which smp's UNet has")
+        depth = int(encoder_depth)
+        if not 3 <= depth <= 5:
+            raise ConfigError("backbone.encoder_depth", f"must be 3, 4 or 5, got {encoder_depth}",
+                              "the decoder needs at least three blocks (1/4, 1/2, 1/1)")
+        _check_encoder_name(str(encoder_name))
+        widths = tuple(int(c) for c in (decoder_channels or SMP_DECODER_CHANNELS[-depth:]))
+        if len(widths) != depth:
+            raise ConfigError("backbone.decoder_channels", f"needs one width per decoder block ({depth}), got {list(widths)}")
+        model = smp.Unet(encoder_name=str(encoder_name), encoder_depth=depth, encoder_weights=None,
+                         in_channels=int(in_channels), classes=int(num_classes), decoder_channels=widths)
+        self.encoder = model.encoder
+        self.decoder = model.decoder
+        self.classifier = model.segmentation_head
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.encoder_name = str(encoder_name)
+        self.bottleneck_channels = int(self.encoder.out_channels[-1])
+        self.decoder_channels = widths[-3:]
+        self.stride = int(self.encoder.output_stride)
+        if encoder_weights is not None:
+            self._load_encoder_weights(str(encoder_weights))
+
+    def _load_encoder_weights(self, weights: str) -> None:
+        """Put ImageNet weights (downloaded by smp) or a local file's into the encoder."""
+        if weights == "imagenet":
+            state = self._download_imagenet()
+            source: Any = f"ImageNet weights of {self.encoder_name}"
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise ConfigError("backbone.encoder_weights", f"is neither null, imagenet nor a file: {weights!r}",
+                                  _WEIGHTS_FIX)
+            state, source = read_encoder_weights(path, self.encoder_name), path
+        state = _adapt_first_conv(self.encoder, state)  # a grey (or n-channel) encoder from RGB weights
+        result = self.encoder.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+        if missing or result.unexpected_keys:
+            raise DataError(f"does not hold {self.encoder_name} encoder weights (missing {missing[:3]}, "
+                            f"unexpected {list(result.unexpected_keys)[:3]})", source, _WEIGHTS_FIX)
+
+    def _download_imagenet(self) -> dict[str, torch.Tensor]:
+        """smp's ImageNet weights for this encoder (3 input channels), or one message without network."""
+        import segmentation_models_pytorch as smp
+
+        try:
+            reference = smp.encoders.get_encoder(self.encoder_name, in_channels=3, depth=5, weights="imagenet")
+        except Exception as exc:  # noqa: BLE001 - any download failure (DNS, HTTP, hub) is the same message
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise ConfigError("backbone.encoder_weights",
+                              f"imagenet weights of {self.encoder_name} could not be downloaded ({first})",
+                              "on a machine with network access, save them with `python -c \"import "
+                              "segmentation_models_pytorch as smp, torch; torch.save(smp.encoders.get_encoder("
+                              f"'{self.encoder_name}', weights='imagenet').state_dict(), 'encoder.pth')\"` and set "
+                              "backbone.encoder_weights=/path/to/encoder.pth") from None
+        return dict(reference.state_dict())
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        bottom, right = (-height) % self.stride, (-width) % self.stride
+        if bottom or right:
+            x = F.pad(x, (0, right, 0, bottom), mode="reflect" if min(height, width) > max(bottom, right)
+                      else "replicate")
+        return x
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(self._pad(x))
+
+    def forward_features(self, x: torch.Tensor) -> BackboneFeatures:
+        """The bottleneck and the outputs of the last three decoder blocks, cropped to ``x``'s size."""
+        height, width = x.shape[-2:]
+        features = self._encode(x)
+        shapes = [f.shape[2:] for f in features][::-1]
+        skips = features[1:][::-1]
+        y = self.decoder.center(skips[0])
+        maps = []
+        for i, block in enumerate(self.decoder.blocks):
+            skip = skips[i + 1] if i + 1 < len(skips) else None
+            y = block(y, shapes[i + 1][0], shapes[i + 1][1], skip_connection=skip)
+            maps.append(y)
+        decoder = [m[..., : -(-height // s), : -(-width // s)] for m, s in zip(maps[-3:], self.decoder_strides)]
+        bottleneck = features[-1][..., : -(-height // self.stride), : -(-width // self.stride)]
+        return {"bottleneck": bottleneck, "decoder": decoder}
+
+    def forward_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's deepest map alone (the decoder is skipped)."""
+        height, width = x.shape[-2:]
+        return self._encode(x)[-1][..., : -(-height // self.stride), : -(-width // self.stride)]
+
+
+def _adapt_first_conv(encoder: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """RGB weights for an encoder built with other input channels: smp's own rule for its pretrained
+    weights, applied to the first convolution whose weights have 3 input channels where the
+    encoder's have another count (1 channel: summed over RGB; more: RGB repeated, scaled by 3/n)."""
+    own = encoder.state_dict()
+    adapted = dict(state)
+    for key, weight in state.items():
+        target = own.get(key)
+        if target is None or weight.ndim != 4 or weight.shape[1] != 3 or target.shape[1] == 3 \
+                or weight.shape[0] != target.shape[0]:
+            continue
+        channels = target.shape[1]
+        if channels == 1:
+            adapted[key] = weight.sum(1, keepdim=True)
+        else:
+            adapted[key] = weight[:, [i % 3 for i in range(channels)]] * (3 / channels)
+        break
+    return adapted
