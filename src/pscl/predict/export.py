@@ -1,6 +1,8 @@
-"""``pscl-export``: a trained run as a TorchScript file that runs with plain PyTorch.
+"""``pscl-export``: a trained run as a TorchScript file that runs with plain PyTorch, or (``backbone=smp``
+runs) as plain segmentation_models_pytorch weights.
 
     pscl-export <run folder | model.pt | checkpoint> --format torchscript [--out model.ts.pt]
+    pscl-export <run folder | model.pt | checkpoint> --format smp [--out folder]
 
 The file takes (B, C, H, W) float32 images scaled to [0, 1] and returns (B, num_classes, H, W)
 logits; the run's normalisation is inside it (``per_image``: each image of the batch standardised
@@ -13,6 +15,11 @@ Both files are checked before anything is written: an existing one is refused un
 model is scripted and serialised in memory first, then both files are written side by side
 and renamed together, so a crash leaves the earlier pair (or nothing), never half a pair or a
 ``*.partial`` file. Exit codes: 0 written, 2 a user error (nothing written), 1 a crash (a bug).
+
+Both pscl's UNet and smp backbones (:mod:`pscl.predict.export_smp`) export to TorchScript with
+the same contract (any input size; an smp network pads to its encoder's stride inside and crops
+back). ``--format smp`` (smp backbones only) writes ``smp_model.pt``, ``encoder.pt`` and
+``export.json`` into a folder: see :mod:`pscl.predict.export_smp`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,7 @@ from pscl.errors import EXIT_OK, DataError, run_parsed  # noqa: E402
 from pscl.integrity import atomic_write_bytes  # noqa: E402
 from pscl.models.model_file import TrainedModel, load_trained_model  # noqa: E402
 
-FORMATS = ("torchscript",)
+FORMATS = ("torchscript", "smp")
 CONTRACT_FORMAT = "pscl-torchscript/1"
 
 
@@ -85,16 +93,33 @@ class NormalisedUNet(nn.Module):
         return self.classifier(self.up3(self.up2(self.up1(x4, x3), x2), x1))
 
 
-def contract(model: TrainedModel) -> dict[str, Any]:
-    """What the exported file expects and returns, written next to it."""
+def input_scaling(model: TrainedModel) -> str:
+    """How image files become the [0, 1] float input (the reader pscl trains with)."""
     grey = ("RGB files become grey with the ITU-R BT.601 luma weights (0.299, 0.587, 0.114)"
             if model.in_channels == 1 else "grey files are replicated to 3 channels")
+    return "8-bit files divided by 255, 16-bit files by 65535 (values in [0, 1]); " + grey
+
+
+def contract(model: TrainedModel) -> dict[str, Any]:
+    """What the exported file expects and returns, written next to it."""
+    from pscl.predict.export_smp import is_smp, smp_settings
+
+    sizes = "any size"
+    backbone: dict[str, Any] = {"class": str(model.backbone_config.get("_target_", type(model.backbone).__name__))}
+    if is_smp(model):
+        stride = int(model.backbone.stride)
+        sizes = (f"any size: padded inside on the bottom and right by reflection to a multiple of {stride}, "
+                 "the encoder's stride, and the outputs cropped back, as pscl does")
+        backbone.update({"library": "segmentation_models_pytorch", "architecture": "smp.Unet",
+                         **smp_settings(model), "encoder_stride": stride})
     return {
         "format": CONTRACT_FORMAT,
+        "backbone": backbone,
         "input": {
-            "shape": f"(B, {model.in_channels}, H, W), float32, H and W >= 8 (any size; memory grows with H x W, "
+            "shape": f"(B, {model.in_channels}, H, W), float32, H and W >= 8 ({sizes}; memory grows with H x W, "
                      "so cut large images into overlapping tiles of about 512 px)",
-            "scaling": "8-bit files divided by 255, 16-bit files by 65535 (values in [0, 1]); " + grey,
+            "channels": model.in_channels,
+            "scaling": input_scaling(model),
             "normalisation": model.normalisation,
             "normalisation_steps": _normalisation_steps(model),
             "mean": list(model.mean),
@@ -120,25 +145,41 @@ def _normalisation_steps(model: TrainedModel) -> str:
             "network was trained with")
 
 
+def torchscript_wrapper(model: TrainedModel) -> nn.Module:
+    """The run's network with its normalisation, as a module TorchScript can compile (eval mode, CPU)."""
+    from pscl.predict.export_smp import NormalisedSmp, is_smp, scriptable_encoder
+
+    backbone = model.backbone.float().cpu().eval()
+    per_image = model.normalisation == PER_IMAGE
+    if is_smp(model):
+        wrapper = NormalisedSmp(backbone, model.mean, model.std, per_image=per_image)
+        wrapper.encoder = scriptable_encoder(backbone, model.source)
+        return wrapper.eval()
+    return NormalisedUNet(backbone, model.mean, model.std, per_image=per_image).eval()
+
+
 def export_torchscript(model: TrainedModel, path: Path) -> Path:
     """Script the model with its normalisation and write it and its contract (``<path>.json``), together."""
     _check_exportable(model)
-    wrapper = NormalisedUNet(model.backbone.float().cpu().eval(), model.mean, model.std,
-                             per_image=model.normalisation == PER_IMAGE).eval()
-    scripted = torch.jit.script(wrapper)
+    wrapper = torchscript_wrapper(model)
     buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer)
+    with warnings.catch_warnings():  # torch 2.x calls torch.jit deprecated, once per scripted submodule
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecated", category=FutureWarning)
+        scripted = torch.jit.script(wrapper)
+        torch.jit.save(scripted, buffer)
     contract_text = json.dumps(contract(model), indent=2)
     _write_together({path: buffer.getvalue(), contract_path(path): contract_text.encode("utf-8")})
     return path
 
 
 def _check_exportable(model: TrainedModel) -> None:
-    """Only pscl's UNet is scripted; anything else is refused before a file is written."""
+    """Only pscl's UNet and smp backbones are scripted; anything else is refused before a file is written."""
     from pscl.models.unet import UNet
+    from pscl.predict.export_smp import is_smp
 
-    if not isinstance(model.backbone, UNet):
-        raise DataError(f"export supports pscl's UNet backbones, not {type(model.backbone).__name__}", model.source)
+    if not isinstance(model.backbone, UNet) and not is_smp(model):
+        raise DataError(f"export supports pscl's UNet and smp backbones, not {type(model.backbone).__name__}; "
+                        "nothing was written", model.source)
 
 
 def _write_together(files: dict[Path, bytes]) -> None:
@@ -205,20 +246,33 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``pscl-export``."""
     parser = argparse.ArgumentParser(prog="pscl-export", description="Export a trained pscl run for plain PyTorch.")
     parser.add_argument("model", type=Path, help="a pscl run folder, its model.pt, or a checkpoint inside it")
-    parser.add_argument("--format", choices=FORMATS, default="torchscript")
+    parser.add_argument("--format", choices=FORMATS, default="torchscript",
+                        help="torchscript (default): one file plain PyTorch runs, with the normalisation inside; "
+                             "smp (backbone=smp runs only): smp_model.pt, encoder.pt and export.json for "
+                             "segmentation_models_pytorch")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output file (default: <run>/export/model.ts.pt, or beside the given file); "
-                             "its contract is written beside it as <name>.json")
+                        help="torchscript: the output file (default: <run>/export/model.ts.pt, or beside the given "
+                             "file), its contract written beside it as <name>.json; smp: the output folder "
+                             "(default: <run>/export)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output file and its .json (both are refused otherwise)")
+                        help="replace an earlier export's files (refused otherwise)")
     return parser
 
 
 def _export(args: argparse.Namespace) -> int:
     """The command's work: load, check both files, then write them."""
     model = load_trained_model(args.model)
-    _check_exportable(model)
     base = args.model if args.model.is_dir() else args.model.parent
+    if args.format == "smp":
+        from pscl.predict.export_smp import check_smp_targets, export_smp, refuse_non_smp
+
+        refuse_non_smp(model, FORMATS)
+        folder = args.out or base / "export"
+        check_smp_targets(folder, args.overwrite, model)
+        written = export_smp(model, folder)
+        print(f"pscl-export: wrote {', '.join(str(p) for p in written)}", flush=True)
+        return EXIT_OK
+    _check_exportable(model)
     out = args.out or base / "export" / "model.ts.pt"
     check_targets(out, args.overwrite, model)
     export_torchscript(model, out)

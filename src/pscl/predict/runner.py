@@ -34,7 +34,7 @@ from pscl.errors import DataError
 from pscl.integrity import atomic_write_bytes, atomic_write_text
 from pscl.predict.inputs import RECORD_FILE, ImageMeta, recorded_outputs
 from pscl.models.model_file import TrainedModel
-from pscl.predict.tiling import TileSettings, segment, window_count
+from pscl.predict.tiling import TileSettings, segment, window_count, window_multiple
 
 log = logging.getLogger("pscl.predict")
 
@@ -183,7 +183,7 @@ def _predict_one(network: torch.nn.Module, model: TrainedModel, path: Path, out:
     image_id = path.stem
     grey, tensor = prepare_input(path, model, settings.crop_bottom)
     height, width = grey.shape
-    windows = window_count(height, width, settings.tiles)
+    windows = window_count(height, width, settings.tiles, window_multiple(network))
     if windows > 1:
         log.info("%s: %d x %d px in %d windows", image_id, width, height, windows)
     classes_t, probabilities = segment(network, tensor, settings.tiles, settings.device,
@@ -233,7 +233,8 @@ def _write_record(out: Path, model: TrainedModel, settings: PredictSettings, inf
         "class_names": list(model.class_names),
         "in_channels": model.in_channels,
         "normalisation": {"mode": model.normalisation, "mean": list(model.mean), "std": list(model.std)},
-        "settings": {**asdict(settings), "tiles": asdict(settings.tiles)},
+        "settings": {**asdict(settings), "tiles": asdict(settings.tiles),
+                     "window_multiple": window_multiple(model.backbone)},
         "units": ("um" if len(sized) == len(infos) and infos else "px" if not sized else "mixed: see pixel_size_um"),
         "images": infos,
         "failed": [{"image": image, "error": error} for image, error in outcome.failed],

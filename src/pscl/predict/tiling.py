@@ -11,6 +11,14 @@ plain forward pass. The pieces:
   that overlap by at least ``overlap`` pixels, each made as small as that allows (a multiple of
   8). A 2048 px side with ``tile=512, overlap=64`` gets 5 tiles of 464 px rather than 5 of 512,
   which is 18 % less work;
+* **windows the network takes whole** (:func:`window_multiple`): a backbone with a ``stride``
+  attribute (an smp network: 32 at encoder depth 5) gets windows whose sides are multiples of
+  it (the largest multiple that is at most ``tile``). Any side would give a correct result, since
+  such a backbone pads its input to its stride by reflection and crops back, but a window it had
+  to pad costs up to ``stride - 1`` extra rows and columns of work, and the network would see
+  mirrored pixels beyond the window's bottom and right edges, where its neighbour holds the
+  real ones: predictions there would depend on the window grid. pscl's UNet (stride 8) is
+  unchanged;
 * **one tile is the whole image**: an image that fits in one tile goes through the network in
   one piece, exactly as the run's test did, so its classes are those the run reported;
 * **test-time augmentation** (``tta``): the eight flips and rotations of the square, their
@@ -57,30 +65,47 @@ class TileSettings:
             raise ConfigError("blend", f"must be one of {BLENDS}, got {self.blend!r}")
 
 
-def tile_plan(length: int, tile: int, overlap: int) -> tuple[int, int, int]:
+def window_multiple(model: torch.nn.Module) -> int:
+    """What window sides are rounded to for ``model``: 8 (the UNet's down-sampling), or the least
+    common multiple of 8 and the model's ``stride`` attribute when it has one (an smp backbone:
+    its encoder's output stride, to which it would otherwise pad each window)."""
+    stride = getattr(model, "stride", None)
+    if isinstance(stride, int) and not isinstance(stride, bool) and stride > 0:
+        return math.lcm(_MULTIPLE, stride)
+    return _MULTIPLE
+
+
+def tile_plan(length: int, tile: int, overlap: int, multiple: int = _MULTIPLE) -> tuple[int, int, int]:
     """``(size, stride, count)`` of the windows along one axis of ``length`` pixels.
 
     One window of the whole length if it fits in ``tile``; otherwise the fewest windows of at
     most ``tile`` pixels whose neighbours overlap by at least ``overlap``, each as small as that
-    allows (rounded up to a multiple of 8, never above ``tile``). The last window ends at the edge.
+    allows, rounded up to a multiple of ``multiple`` (8, or the backbone's stride:
+    :func:`window_multiple`). Windows are at most the largest multiple of ``multiple`` not above
+    ``tile``, unless that leaves no room for the overlap (``tile`` itself then). The last window
+    ends at the edge.
     """
     if length <= tile:
         return length, length, 1
-    count = math.ceil((length - overlap) / (tile - overlap))
+    limit = tile // multiple * multiple
+    if limit <= 2 * overlap:  # a window of whole multiples would not fit the asked overlap twice
+        limit = tile
+    count = math.ceil((length - overlap) / (limit - overlap))
     size = math.ceil((length + (count - 1) * overlap) / count)
-    size = min(tile, math.ceil(size / _MULTIPLE) * _MULTIPLE)
+    size = min(limit, math.ceil(size / multiple) * multiple)
     stride = math.ceil((length - size) / (count - 1))
     return size, stride, count
 
 
-def window_count(height: int, width: int, settings: TileSettings) -> int:
+def window_count(height: int, width: int, settings: TileSettings, multiple: int = _MULTIPLE) -> int:
     """How many windows one pass over an image of this size runs."""
-    return tile_plan(height, settings.tile, settings.overlap)[2] * tile_plan(width, settings.tile, settings.overlap)[2]
+    return (tile_plan(height, settings.tile, settings.overlap, multiple)[2]
+            * tile_plan(width, settings.tile, settings.overlap, multiple)[2])
 
 
-def window_starts(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+def window_starts(length: int, tile: int, overlap: int, multiple: int = _MULTIPLE) -> tuple[int, list[int]]:
     """The window size along one axis and the first pixel of every window (the last ends at the edge)."""
-    size, stride, count = tile_plan(length, tile, overlap)
+    size, stride, count = tile_plan(length, tile, overlap, multiple)
     return size, [min(i * stride, length - size) for i in range(count)]
 
 
@@ -106,8 +131,9 @@ def _windowed_probabilities(model: torch.nn.Module, image: torch.Tensor, setting
     added, weighted, into one (C, H, W) sum, divided at the end by the summed weights.
     """
     height, width = image.shape[-2:]
-    size_h, rows = window_starts(height, settings.tile, settings.overlap)
-    size_w, columns = window_starts(width, settings.tile, settings.overlap)
+    multiple = window_multiple(model)
+    size_h, rows = window_starts(height, settings.tile, settings.overlap, multiple)
+    size_w, columns = window_starts(width, settings.tile, settings.overlap, multiple)
     corners = [(y, x) for y in rows for x in columns]
     weights = blend_weights(size_h, size_w, settings.blend)
     total: torch.Tensor | None = None
