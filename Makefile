@@ -33,7 +33,7 @@ test-slow: install ## the slow end-to-end tests only
 test-all: install ## every test
 	$(PYTHON) -m pytest -m "slow or not slow"
 
-bench: install ## PSCL pretraining step time and peak memory, paper / low-memory / quick configurations (~10 min)
+bench: install ## PSCL pretraining step time and peak memory: paper, low-memory, quick and quick with an smp resnet18 (~15 min)
 	$(PYTHON) benchmarks/pretrain_step.py --json benchmarks/results.json
 
 # on a machine with an NVIDIA GPU and its own PyTorch: that python, not .venv (override: GPU_PYTHON=...)

@@ -4,8 +4,14 @@ Each (configuration, variant, mode) runs in its own process so that peak RSS is 
 
 * ``pscl``  - one full PSCL training step (views already in memory): forward of both views,
   heads, correspondence, sampling, losses, backward, Adam step;
-* ``bare``  - the same UNet(s) on the same two views, forward + backward of a trivial loss, Adam
-  step: the cost of the networks alone (MoCo: the key network in no-grad, as in PSCL).
+* ``bare``  - the same backbone(s) on the same two views, forward + backward of a trivial loss,
+  Adam step: the cost of the networks alone (MoCo: the key network in no-grad, as in PSCL).
+
+Configurations (:data:`CONFIGS`; ``make bench`` runs :data:`DEFAULT_CONFIGS`): ``paper``,
+``paper_keep``, ``paper_lowmem`` (376 px crops, the paper's UNet with three recomputation
+settings), ``quick`` (``experiment=quick``: 128 px crops, the small UNet) and ``quick_resnet18``
+(the quick sizes with ``backbone=smp``: an smp UNet with a ResNet-18 encoder, randomly
+initialised, about 14.3 M parameters against the small UNet's 0.54 M; docs/backbones.md).
 
 Usage: ``python benchmarks/pretrain_step.py [--configs paper,quick] [--steps 3] [--json out.json]``
 (``make bench`` writes ``benchmarks/results.json`` and the table in ``docs/performance.md``).
@@ -43,7 +49,12 @@ CONFIGS = {
     "quick": {"size": 128, "unlabeled": 8, "widths": (16, 32, 64, 128)},
     # the paper's configuration with every UNet block recomputed in backward (backbone.checkpoint_blocks=all)
     "paper_lowmem": {"size": 376, "unlabeled": 8, "widths": (32, 64, 128, 256), "backbone": {"checkpoint_blocks": "all"}},
+    # experiment=quick backbone=smp backbone.encoder_name=resnet18: the quick sizes, an smp UNet with a
+    # ResNet-18 encoder (smp's default decoder, random initialisation) instead of the small UNet
+    "quick_resnet18": {"size": 128, "unlabeled": 8, "smp": {"encoder_name": "resnet18"}},
 }
+# the configurations make bench times (--configs without a value)
+DEFAULT_CONFIGS = ("paper", "paper_lowmem", "quick", "quick_resnet18")
 TOP_K = {"simclr": 4, "moco": 30}
 # configurations that make bench (no --precision) also times in bf16 autocast, besides fp32
 BF16_CONFIGS = ("quick",)
@@ -90,20 +101,29 @@ def _to(value, device):
     return value
 
 
+def build_backbone(config: str):
+    """The backbone of a benchmark configuration: pscl's UNet, or an smp UNet (``"smp"`` in its spec)."""
+    spec = CONFIGS[config]
+    # the shipped backbone defaults (conf/backbone/*.yaml); PSCL_BENCH_BACKBONE='{"channels_last": false}' overrides
+    overrides = json.loads(os.environ.get("PSCL_BENCH_BACKBONE", "{}"))
+    if "smp" in spec:  # conf/backbone/smp.yaml's defaults: smp's decoder widths, no encoder weights
+        from pscl.models.smp_backbone import SmpBackbone
+
+        return SmpBackbone(1, 4, **{**spec["smp"], **overrides})
+    from pscl.models.unet import UNet
+
+    return UNet(1, 4, spec["widths"], **{"channels_last": True, **spec.get("backbone", {}), **overrides})
+
+
 def build_module(config: str, variant: str):
     """The PSCL module of a benchmark configuration (seeded), with its step's logging switched off."""
     import torch
 
-    from pscl.models.unet import UNet
     from pscl.modules.pscl import PSCLModule
 
-    spec = CONFIGS[config]
     torch.manual_seed(0)
-    # the shipped backbone defaults (conf/backbone/*.yaml); PSCL_BENCH_BACKBONE='{"channels_last": false}' overrides
-    backbone_options = {"channels_last": True, **spec.get("backbone", {}),
-                        **json.loads(os.environ.get("PSCL_BENCH_BACKBONE", "{}"))}
     module_options = json.loads(os.environ.get("PSCL_BENCH_MODULE", "{}"))  # e.g. '{"recompute_views": true}'
-    module = PSCLModule(UNet(1, 4, spec["widths"], **backbone_options), num_classes=4, variant=variant,
+    module = PSCLModule(build_backbone(config), num_classes=4, variant=variant,
                         top_k=TOP_K[variant], gather_distributed=False, **module_options)
     module.log_losses = lambda values, batch_size: None
     return module
@@ -119,11 +139,13 @@ def run_one(config: str, variant: str, mode: str, steps: int, device: str = "cpu
     spec = CONFIGS[config]
     module = build_module(config, variant)
     compile_seconds = None
-    if os.environ.get("PSCL_BENCH_COMPILE"):  # torch.compile the UNet(s) (inductor); time the first call apart
+    if os.environ.get("PSCL_BENCH_COMPILE"):  # torch.compile the backbone(s) (inductor); time the first call apart
         for network in (module.backbone, getattr(module, "backbone_momentum", None)):
             if network is not None:  # PSCL calls forward_features: compile the blocks it runs
                 network.encoder.compile()
-                network.decoder.compile()
+                # smp's UNet: forward_features calls the decoder's blocks one by one, not its forward
+                for block in getattr(network.decoder, "blocks", [network.decoder]):
+                    block.compile()
     batch = _to(_batch(module, spec["size"], spec["unlabeled"]), device)
     module.to(device)
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
@@ -243,7 +265,8 @@ def profile_parts(step, synchronise) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="paper,paper_lowmem,quick")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help=f"comma-separated, of {', '.join(CONFIGS)} (default: {','.join(DEFAULT_CONFIGS)})")
     parser.add_argument("--variants", default="simclr,moco")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
@@ -275,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = json.loads(proc.stdout.strip().splitlines()[-1])
                     rows.append(row)
                     gpu = f"  peak GPU {row['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in row else ""
-                    print(f"{config:6s} {variant:7s} {precision:4s} {mode:5s} {row['seconds_per_step']:8.3f} s/step "
+                    print(f"{config:14s} {variant:7s} {precision:4s} {mode:5s} {row['seconds_per_step']:8.3f} s/step "
                           f"(min {row['min_seconds']:.3f})  peak RSS {row['peak_rss_gib']:.2f} GiB{gpu}", flush=True)
     result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "allocator": args.allocator,
               "rows": rows}
