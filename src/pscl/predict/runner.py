@@ -87,7 +87,7 @@ def _check_size(path: Path, height: int, width: int, crop_bottom: int) -> None:
         cropped = f" after --crop-bottom {crop_bottom}" if crop_bottom else ""
         side = MIN_IMAGE_SIDE
         raise DataError(f"is {width}x{height} px{cropped}; pscl-predict needs at least {side}x{side} px "
-                        "(the network halves an image three times)", path,
+                        "(pscl's smallest image side)", path,
                         "leave it out, or segment the larger micrograph it was cut from")
 
 
