@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pscl.constants import MIN_IMAGE_SIDE, SINGLE_CROP_SIDE
+from pscl.constants import BOTTLENECK_STRIDE, MIN_IMAGE_SIDE
 from pscl.errors import ConfigError
 
 
@@ -152,7 +152,8 @@ def check_batch_sizes(cfg: DictConfig) -> None:
 
     A method whose projection head normalises pooled features over the batch (SimCLR, BYOL:
     ``min_batch_size`` of the module class) needs two pool images per batch; so does every stage
-    whose ``data.crop_size`` leaves the bottleneck 1x1 px. With whole images (``data.crop_size``
+    whose ``data.crop_size`` leaves the bottleneck 1x1 px (at the configured backbone's stride,
+    :func:`bottleneck_stride`). With whole images (``data.crop_size``
     null) the data module checks fine-tuning batches, as it knows the image sizes.
     """
     if pretrains(cfg):
@@ -181,7 +182,39 @@ def _check_single_crops(cfg: DictConfig, key: str) -> None:
     """Refuse a batch size ``key`` of 1 when ``data.crop_size`` leaves the bottleneck 1x1 px."""
     size = OmegaConf.select(cfg, key, default=None)
     crop = OmegaConf.select(cfg, "data.crop_size", default=None)
-    if isinstance(size, int) and size < 2 and isinstance(crop, int) and crop < SINGLE_CROP_SIDE:
-        raise ConfigError(key, f"is {size} but data.crop_size={crop} leaves the network's bottleneck 1x1 px, and "
+    if isinstance(size, int) and size < 2 and isinstance(crop, int) and bottleneck_side(cfg, crop) < 2:
+        stride = bottleneck_stride(cfg)
+        of = f" (1/{stride} of the input with backbone.encoder_depth={stride.bit_length() - 1})" \
+            if _pads(cfg) else ""
+        raise ConfigError(key, f"is {size} but data.crop_size={crop} leaves the network's bottleneck 1x1 px{of}, and "
                                "BatchNorm cannot train on a single value per channel",
-                          f"set {key}=2 or more, or data.crop_size={SINGLE_CROP_SIDE} or more")
+                          f"set {key}=2 or more, or data.crop_size={2 * stride} or more")
+
+
+# the configured backbones whose input is padded to a multiple of their stride (their bottleneck
+# covers a partial last cell), against pscl's UNet, which drops the rows and columns that do not fill one
+PADDING_BACKBONES = ("pscl.models.smp_backbone.SmpBackbone",)
+SMP_ENCODER_DEPTH = 5  # conf/backbone/smp.yaml's encoder_depth
+SMP_DEPTHS = (3, 4, 5)  # the depths SmpBackbone takes (it refuses any other when it is built)
+
+
+def bottleneck_stride(cfg: DictConfig) -> int:
+    """The down-sampling of the configured backbone's bottleneck (``cfg.backbone``):
+    2**``backbone.encoder_depth`` for ``backbone=smp`` (32 at depth 5; a depth it does not take
+    counts as 5 here, and building the backbone refuses it), else pscl's UNet's
+    :data:`~pscl.constants.BOTTLENECK_STRIDE` (8)."""
+    if _pads(cfg):
+        depth = OmegaConf.select(cfg, "backbone.encoder_depth", default=None)
+        return 2 ** (int(depth) if depth in SMP_DEPTHS and not isinstance(depth, bool) else SMP_ENCODER_DEPTH)
+    return BOTTLENECK_STRIDE
+
+
+def bottleneck_side(cfg: DictConfig, side: int) -> int:
+    """Pixels of the configured backbone's bottleneck along an input side of ``side`` px: rounded
+    up for a backbone that pads its input (smp), down for pscl's UNet."""
+    stride = bottleneck_stride(cfg)
+    return -(-side // stride) if _pads(cfg) else side // stride
+
+
+def _pads(cfg: DictConfig) -> bool:
+    return OmegaConf.select(cfg, "backbone._target_", default=None) in PADDING_BACKBONES

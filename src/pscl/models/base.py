@@ -1,8 +1,9 @@
 """The interface every segmentation backbone of pscl shares.
 
 A backbone is ``encoder`` + ``decoder`` + ``classifier``. Pretraining methods read
-:meth:`forward_features` (the bottleneck for image-level losses and decoder maps at 1/4, 1/2
-and 1/1 resolution for patch-level losses); fine-tuning reads :meth:`forward` (logits).
+:meth:`forward_features` (the bottleneck, at the backbone's :attr:`~SegmentationBackbone.stride`
+(8 for pscl's UNet), for image-level losses and decoder maps at 1/4, 1/2 and 1/1 resolution for
+patch-level losses); fine-tuning reads :meth:`forward` (logits).
 Weights move from a pretrained model to a fine-tuned one by the ``encoder.`` and ``decoder.``
 key prefixes, so heads and the classifier never travel (:data:`TRANSFER_PREFIXES`).
 """
@@ -18,7 +19,8 @@ TRANSFER_PREFIXES: tuple[str, ...] = ("encoder.", "decoder.")
 
 
 class BackboneFeatures(TypedDict):
-    """``bottleneck`` (B, C_b, H/8, W/8); ``decoder`` [(B, C_i, H/s_i, W/s_i) for s_i = 4, 2, 1]."""
+    """``bottleneck`` (B, C_b, H/s, W/s) at the backbone's stride s (8 for pscl's UNet);
+    ``decoder`` [(B, C_i, H/s_i, W/s_i) for s_i = 4, 2, 1]."""
 
     bottleneck: torch.Tensor
     decoder: list[torch.Tensor]
@@ -35,12 +37,14 @@ class SegmentationBackbone(nn.Module):
     bottleneck_channels: int
     decoder_channels: tuple[int, ...]  # channels of the decoder maps at 1/4, 1/2, 1/1
     decoder_strides: tuple[int, ...] = (4, 2, 1)
+    stride: int = 8  # the bottleneck's down-sampling: 8 for pscl's UNet, 2**encoder_depth for smp's
 
     def forward_features(self, x: torch.Tensor) -> BackboneFeatures:
         raise NotImplementedError
 
     def forward_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        """The bottleneck grid (B, C_b, H/8, W/8) alone; subclasses may skip the decoder."""
+        """The bottleneck grid (B, C_b, H/s, W/s) alone, s = :attr:`stride` (8 for pscl's UNet);
+        subclasses may skip the decoder."""
         return self.forward_features(x)["bottleneck"]
 
     def classify(self, features: BackboneFeatures) -> torch.Tensor:

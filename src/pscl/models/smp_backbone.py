@@ -13,9 +13,11 @@ UNet's), and ``classifier`` is smp's ``segmentation_head``. For the losses it ex
 An input whose sides are not multiples of the encoder's stride (whole test images) is padded on
 the bottom and right by reflection and every output is cropped back, so any size works.
 Grey micrographs (``in_channels=1``) use smp's adaptation of the first convolution (its RGB
-filters summed when ImageNet weights are loaded). ``encoder_weights``: ``null`` (random), a
-local file of encoder weights (read with ``weights_only=True``), or ``imagenet`` (downloaded by
-smp: it needs network access, and without it the run stops before training with a message).
+filters summed when RGB weights are loaded). ``encoder_weights``: ``null`` (random), a local
+file of encoder weights (read with ``weights_only=True``: the encoder's own state dict, or a whole
+smp model's, whose ``encoder.`` keys are taken; it must hold every weight of this encoder with
+its shape, classification-head keys aside), or ``imagenet`` (downloaded by smp: it needs network
+access, and without it the run stops before training with a message).
 """
 
 from __future__ import annotations
@@ -96,9 +98,12 @@ class SmpBackbone(SegmentationBackbone):
             raise ConfigError("backbone.encoder_depth", f"must be 3, 4 or 5, got {encoder_depth}",
                               "the decoder needs at least three blocks (1/4, 1/2, 1/1)")
         _check_encoder_name(str(encoder_name))
+        if encoder_weights == "imagenet":
+            _check_imagenet_weights(str(encoder_name))  # before building: some encoders are large
         widths = tuple(int(c) for c in (decoder_channels or SMP_DECODER_CHANNELS[-depth:]))
         if len(widths) != depth:
-            raise ConfigError("backbone.decoder_channels", f"needs one width per decoder block ({depth}), got {list(widths)}")
+            raise ConfigError("backbone.decoder_channels",
+                              f"needs one width per decoder block ({depth}), got {list(widths)}")
         model = smp.Unet(encoder_name=str(encoder_name), encoder_depth=depth, encoder_weights=None,
                          in_channels=int(in_channels), classes=int(num_classes), decoder_channels=widths)
         self.encoder = model.encoder
@@ -107,6 +112,7 @@ class SmpBackbone(SegmentationBackbone):
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.encoder_name = str(encoder_name)
+        self.encoder_depth = depth
         self.bottleneck_channels = int(self.encoder.out_channels[-1])
         self.decoder_channels = widths[-3:]
         self.stride = int(self.encoder.output_stride)
@@ -125,26 +131,29 @@ class SmpBackbone(SegmentationBackbone):
                                   _WEIGHTS_FIX)
             state, source = read_encoder_weights(path, self.encoder_name), path
         state = _adapt_first_conv(self.encoder, state)  # a grey (or n-channel) encoder from RGB weights
-        result = self.encoder.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("fc.")]
-        if missing or result.unexpected_keys:
-            raise DataError(f"does not hold {self.encoder_name} encoder weights (missing {missing[:3]}, "
-                            f"unexpected {list(result.unexpected_keys)[:3]})", source, _WEIGHTS_FIX)
+        state = _matching_state(self.encoder, state, self.encoder_name, source)
+        # nn.Module's own loading: smp's encoders override load_state_dict (dropping heads, renaming
+        # keys, some without ``strict``), and the keys were matched above
+        torch.nn.Module.load_state_dict(self.encoder, state, strict=False)
 
     def _download_imagenet(self) -> dict[str, torch.Tensor]:
         """smp's ImageNet weights for this encoder (3 input channels), or one message without network."""
         import segmentation_models_pytorch as smp
 
+        weights: Any = True if self.encoder_name.startswith("tu-") else "imagenet"  # smp asks tu- encoders for True
+        save = ("on a machine with network access, save them with `python -c \"import segmentation_models_pytorch "
+                "as smp, torch; torch.save(smp.encoders.get_encoder("
+                f"'{self.encoder_name}', depth={self.encoder_depth}, weights={weights!r}).state_dict(), "
+                "'encoder.pth')\"`, copy encoder.pth to this machine and set "
+                "backbone.encoder_weights=/path/to/encoder.pth; or set backbone.encoder_weights=null "
+                "(random initialisation)")
         try:
-            reference = smp.encoders.get_encoder(self.encoder_name, in_channels=3, depth=5, weights="imagenet")
+            reference = smp.encoders.get_encoder(self.encoder_name, in_channels=3, depth=self.encoder_depth,
+                                                 weights=weights)
         except Exception as exc:  # noqa: BLE001 - any download failure (DNS, HTTP, hub) is the same message
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise ConfigError("backbone.encoder_weights",
-                              f"imagenet weights of {self.encoder_name} could not be downloaded ({first})",
-                              "on a machine with network access, save them with `python -c \"import "
-                              "segmentation_models_pytorch as smp, torch; torch.save(smp.encoders.get_encoder("
-                              f"'{self.encoder_name}', weights='imagenet').state_dict(), 'encoder.pth')\"` and set "
-                              "backbone.encoder_weights=/path/to/encoder.pth") from None
+                              f"imagenet weights of {self.encoder_name} could not be downloaded "
+                              f"({_first_sentence(exc)})", save) from None
         return dict(reference.state_dict())
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,3 +207,59 @@ def _adapt_first_conv(encoder: torch.nn.Module, state: dict[str, torch.Tensor]) 
             adapted[key] = weight[:, [i % 3 for i in range(channels)]] * (3 / channels)
         break
     return adapted
+
+
+# keys of the classification heads that ImageNet checkpoints hold and smp's encoders drop
+_HEAD_PREFIXES = ("fc.", "_fc.", "last_linear.", "classifier.", "head.", "linear.")
+
+
+def _matching_state(encoder: torch.nn.Module, state: dict[str, torch.Tensor], encoder_name: str,
+                    source: Any) -> dict[str, torch.Tensor]:
+    """``state`` without classification-head keys, after checking that it holds every weight of
+    ``encoder`` with its shape (BatchNorm's ``num_batches_tracked`` may be missing, as in older
+    torchvision files). Raises :class:`DataError` naming ``source`` otherwise."""
+    own = encoder.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(_HEAD_PREFIXES)}
+    needed = [k for k in own if not k.endswith("num_batches_tracked")]
+    missing = [k for k in needed if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        problems = [f"{len(missing)} of the encoder's {len(needed)} weights are missing (first: {missing[0]})"] \
+            if missing else []
+        problems += [f"{len(unexpected)} of the file's {len(state)} weights are not {encoder_name}'s "
+                     f"(first: {unexpected[0]})"] if unexpected else []
+        raise DataError(f"does not hold {encoder_name} encoder weights: {'; '.join(problems)}", source, _WEIGHTS_FIX)
+    wrong = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        key = wrong[0]
+        raise DataError(f"does not hold weights of this {encoder_name} encoder: {len(wrong)} tensors differ in shape "
+                        f"(first: {key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}; a file of another "
+                        "encoder, or of other input channels)", source, _WEIGHTS_FIX)
+    return state
+
+
+def _check_imagenet_weights(name: str) -> None:
+    """Raise :class:`ConfigError` when smp (or timm, for ``tu-``) has no ImageNet weights for ``name``."""
+    import segmentation_models_pytorch as smp
+
+    if name.startswith("tu-"):
+        import timm
+
+        if not timm.models.is_model_pretrained(name[3:]):
+            raise ConfigError("backbone.encoder_weights", f"timm has no pretrained weights for {name[3:]!r}",
+                              "set backbone.encoder_weights=null, or choose a tu- encoder timm has weights for")
+        return
+    available = list(smp.encoders.encoders[name]["pretrained_settings"])
+    if "imagenet" not in available:
+        raise ConfigError("backbone.encoder_weights", f"smp has no imagenet weights for {name} "
+                          f"(it has {', '.join(available) or 'none'})",
+                          "set backbone.encoder_weights=null, or give a local file of this encoder's weights")
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The first sentence of an exception's message (at most 200 characters), or its type."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= 200 else sentence[:199] + "…"

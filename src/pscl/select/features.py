@@ -5,8 +5,9 @@ margin left over is not read). Each cell gets one vector:
 
 * :func:`intensity_features` - grey-level statistics and the texture energy in three bands of
   scale (label-free, no network; the baseline);
-* :func:`network_features` - a backbone's bottleneck and decoder maps (1/8, 1/4, 1/2, 1/1),
-  each averaged over the cell and concatenated (the same maps the dense probe reads).
+* :func:`network_features` - a backbone's bottleneck and decoder maps (1/s, 1/4, 1/2, 1/1, s the
+  backbone's stride: 8 for pscl's UNet, 32 for a depth-5 smp encoder), each averaged over the
+  cell and concatenated (the same maps the dense probe reads).
 
 Both are pure functions of an image; rows come in row-major cell order.
 """
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pscl.models.base import SegmentationBackbone
 
-# the network's coarsest map is 1/8 of the input: a cell must hold whole bottleneck pixels
+# a cell is a multiple of 8 px, pscl's UNet's coarsest map (1/8): it holds whole bottleneck pixels
+# of that network; a coarser one's pixels that straddle cells are shared by area (cell_weights)
 PATCH_MULTIPLE = 8
 # Gaussian scales (px) bounding the texture bands of the intensity features: fine (0-1 px),
 # medium (1-2 px) and coarse (2-4 px) detail
@@ -86,20 +87,43 @@ def intensity_features(image: np.ndarray, patch: int) -> np.ndarray:
     return np.stack(columns, axis=1).astype(np.float32)
 
 
+def cell_weights(cells: int, patch: int, stride: int, pixels: int) -> torch.Tensor:
+    """(cells, pixels) share of each of a map's ``pixels`` (``stride`` px each) in each of ``cells``
+    consecutive cells of ``patch`` px along one axis: the overlap in px over ``patch``, so that a
+    row sums to 1 and ``weights @ values`` is the cell's mean of the map read at full resolution.
+    The map may run past the cells (a backbone that pads); its last pixel covers what is left."""
+    starts = torch.arange(pixels, dtype=torch.float64) * stride
+    ends = starts + stride
+    ends[-1] = max(float(ends[-1]), float(cells * patch))  # a last pixel cropped from a padded input
+    low = torch.arange(cells, dtype=torch.float64)[:, None] * patch
+    overlap = (torch.minimum(ends[None], low + patch) - torch.maximum(starts[None], low)).clamp(min=0)
+    return (overlap / overlap.sum(dim=1, keepdim=True)).float()
+
+
+def pool_cells(feature_map: torch.Tensor, rows: int, cols: int, patch: int, stride: int) -> torch.Tensor:
+    """(C, rows, cols) means of a (C, h, w) map at ``stride`` over a grid of ``patch`` px cells."""
+    row_weights = cell_weights(rows, patch, stride, feature_map.shape[-2]).to(feature_map.device)
+    col_weights = cell_weights(cols, patch, stride, feature_map.shape[-1]).to(feature_map.device)
+    return torch.einsum("rh,chw,sw->crs", row_weights, feature_map.float(), col_weights)
+
+
 @torch.no_grad()
 def network_features(backbone: SegmentationBackbone, image: torch.Tensor, patch: int,
                      window: int = NETWORK_WINDOW) -> np.ndarray:
     """(cells, F) float32 multi-scale features of each cell of a normalised (C, H, W) image.
 
     The backbone reads windows of whole cells (at most ``window`` px a side, so memory stays
-    bounded on large micrographs); each of its maps is averaged over every cell (exactly, as
-    ``patch`` is a multiple of 8) and the maps are concatenated: F = bottleneck + decoder channels.
-    The backbone is used as it is (call ``eval()`` first).
+    bounded on large micrographs); each of its maps is averaged over every cell and the maps are
+    concatenated: F = bottleneck + decoder channels. A map whose stride divides ``patch`` (every
+    map of pscl's UNet, as ``patch`` is a multiple of 8) is averaged over whole pixels; a coarser
+    one (an smp encoder's 1/32 bottleneck under 16 px cells) weighs each pixel by its overlap with
+    the cell (:func:`cell_weights`). The backbone is used as it is (call ``eval()`` first).
     """
     if patch % PATCH_MULTIPLE:
         raise ValueError(f"patch must be a multiple of {PATCH_MULTIPLE}, got {patch}")
     grid = patch_grid(image.shape[-2], image.shape[-1], patch)
     device = next(backbone.parameters()).device
+    strides = (int(backbone.stride), *backbone.decoder_strides)
     step = max(1, window // patch)  # cells per window side
     rows: list[list[np.ndarray]] = []
     for r in range(0, grid.rows, step):
@@ -110,7 +134,7 @@ def network_features(backbone: SegmentationBackbone, image: torch.Tensor, patch:
             window_image = image[:, top:top + n_r * patch, left:left + n_c * patch].unsqueeze(0).to(device)
             features = backbone.forward_features(window_image.float())
             maps = [features["bottleneck"], *features["decoder"]]
-            pooled = torch.cat([F.adaptive_avg_pool2d(m.float(), (n_r, n_c)) for m in maps], dim=1)[0]
+            pooled = torch.cat([pool_cells(m[0], n_r, n_c, patch, s) for m, s in zip(maps, strides)], dim=0)
             row_blocks.append(pooled.cpu().numpy())  # (F, n_r, n_c)
         rows.append(row_blocks)
     if not rows:
