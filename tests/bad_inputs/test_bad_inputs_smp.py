@@ -190,3 +190,18 @@ def test_single_crops_are_checked_against_the_configured_backbones_stride(
         assert str(info.value).endswith(f"or data.crop_size={2 * stride} or more")
     else:
         check_batch_sizes(cfg)
+
+
+def test_a_last_batch_of_one_small_smp_crop_is_dropped_not_a_crash(tmp_path: Path) -> None:
+    """smp at depth 5 leaves a 1x1 px bottleneck for a 32 px crop: with 5 crops an epoch in batches
+    of 4, the last batch of one would stop BatchNorm; it is dropped as for the UNet's small crops."""
+    from pscl.checks.config import single_crop_side
+    from pscl.training.pipeline import train
+
+    cfg = compose_config(["method=supervised", "backbone=smp", "backbone.encoder_name=tu-test_efficientnet",
+                          "data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "data.crop_size=32",
+                          "data.batch_size=4", "data.samples_per_epoch=5", "trainer.max_epochs=1", "logger=csv"],
+                         tmp_path / "run")
+    assert single_crop_side(cfg) == 33
+    results = train(cfg)
+    assert 0.0 <= results["test"]["dice"] <= 1.0

@@ -209,6 +209,15 @@ def bottleneck_stride(cfg: DictConfig) -> int:
     return BOTTLENECK_STRIDE
 
 
+def single_crop_side(cfg: DictConfig) -> int:
+    """The smallest input side whose bottleneck is 2 px for the configured backbone (16 for pscl's
+    UNet, 33 for smp at depth 5): a batch of one smaller crop cannot train BatchNorm."""
+    side = 1
+    while bottleneck_side(cfg, side) < 2:
+        side += 1
+    return side
+
+
 def bottleneck_side(cfg: DictConfig, side: int) -> int:
     """Pixels of the configured backbone's bottleneck along an input side of ``side`` px: rounded
     up for a backbone that pads its input (smp), down for pscl's UNet."""

@@ -88,6 +88,9 @@ class MicrographDataModule(PretrainingLoaders, pl.LightningDataModule):
         self._labeled_choice = read_choice(labeled_ids, num_labeled_is_all=parse_num_labeled(num_labeled) is None)
         #: how ``labeled_ids=select:<strategy>`` chooses (pscl.data.labeled_ids.Chooser); training sets it
         self.labeled_chooser: Chooser | None = None
+        #: the smallest training side whose bottleneck is 2 px: a batch of one smaller crop cannot
+        #: train BatchNorm (16 for pscl's UNet; training sets it for the configured backbone)
+        self.single_crop_side: int = SINGLE_CROP_SIDE
         check_normalisation(normalisation)
         self.save_hyperparameters(logger=False)
         self.root = Path(root).expanduser() if root is not None else None
@@ -286,9 +289,10 @@ class MicrographDataModule(PretrainingLoaders, pl.LightningDataModule):
             loader = self.pretrain_dataloader(self._pretrain_views, self._pretrain_annotated)
         else:
             dataset, batch_size = self.labeled_dataset(), int(self.hparams.batch_size)
-            check_single_crop_batches(self._training_side(), batch_size, self.hparams.crop_size)
+            side = self._training_side()
+            check_single_crop_batches(side, batch_size, self.hparams.crop_size, self.single_crop_side)
             # a last batch of one such crop would stop training; the next epoch draws new crops anyway
-            drop_last = batch_size > 1 and len(dataset) % batch_size == 1 and self._training_side() < SINGLE_CROP_SIDE
+            drop_last = batch_size > 1 and len(dataset) % batch_size == 1 and side < self.single_crop_side
             loader = self._loader(dataset, batch_size, shuffle=True, drop_last=drop_last)
         if self.after_train_loader is not None:  # a resumed fit restores the random states here
             self.after_train_loader(loader)

@@ -91,15 +91,18 @@ def check_crop_fits(index: DatasetIndex, images: Mapping[str, np.ndarray], label
             )
 
 
-def check_single_crop_batches(side: int, batch_size: int, crop_size: int | None) -> None:
+def check_single_crop_batches(side: int, batch_size: int, crop_size: int | None,
+                              min_side: int = SINGLE_CROP_SIDE) -> None:
     """Refuse fine-tuning batches of one crop of ``side`` px so small that the bottleneck is 1x1 px:
-    BatchNorm cannot train on a single value per channel. ``crop_size`` None: whole images."""
-    if batch_size < 2 and side < SINGLE_CROP_SIDE:
+    BatchNorm cannot train on a single value per channel. ``crop_size`` None: whole images.
+    ``min_side``: the smallest side whose bottleneck is 2 px (16 for pscl's UNet; the training
+    sets it for the configured backbone: :attr:`MicrographDataModule.single_crop_side`)."""
+    if batch_size < 2 and side < min_side:
         what = f"data.crop_size={side}" if crop_size is not None else f"a whole image of {side} px"
         raise ConfigError("data.batch_size",
                           f"is {batch_size} but {what} leaves the network's bottleneck 1x1 px, and BatchNorm "
                           "cannot train on a single value per channel",
-                          f"set data.batch_size=2 or more, or data.crop_size={SINGLE_CROP_SIDE} or more")
+                          f"set data.batch_size=2 or more, or data.crop_size={min_side} or more")
 
 
 def _decode(paths: Sequence[Path], in_channels: int) -> list[list[int]]:

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from pscl.checks import check_batch_sizes, check_config
+from pscl.checks.config import single_crop_side
 from pscl.data.labeled_ids import describe_source, seed_source
 from pscl.errors import ConfigError
 from pscl.integrity import atomic_write_text
@@ -78,6 +79,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     datamodule = build_datamodule(cfg)
     datamodule.labeled_chooser = choose_training_images  # data.labeled_ids=select:<strategy>
+    datamodule.single_crop_side = single_crop_side(cfg)  # what the configured backbone needs
     datamodule.prepare_data()
     datamodule.setup("fit")
 
