@@ -205,3 +205,16 @@ def test_a_last_batch_of_one_small_smp_crop_is_dropped_not_a_crash(tmp_path: Pat
     assert single_crop_side(cfg) == 33
     results = train(cfg)
     assert 0.0 <= results["test"]["dice"] <= 1.0
+
+
+def test_a_unet_setting_under_smp_names_the_key(tmp_path: Path) -> None:
+    """experiment=paper_pscl_simclr sets backbone.checkpoint_blocks (the UNet's); under backbone=smp
+    that is one ConfigError naming the key and how to drop it, not a crash."""
+    from pscl.errors import ConfigError
+    from pscl.training.pipeline import train
+
+    cfg = compose_config(["experiment=paper_pscl_simclr", "backbone=smp", "backbone.encoder_name=tu-test_efficientnet",
+                          "trainer=cpu", "data.synthetic.counts=[2,2,2]", "data.synthetic.size=96", "logger=csv",
+                          "stage=pretrain"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"backbone.checkpoint_blocks.*\n  fix: remove it with ~backbone.checkpoint_blocks"):
+        train(cfg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,21 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
 
 
 def build_backbone(cfg: DictConfig, datamodule: Any) -> Any:
-    """The configured backbone for this data's channels and classes (freshly initialised)."""
-    return instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
+    """The configured backbone for this data's channels and classes (freshly initialised).
+
+    A setting the backbone class does not take (e.g. the UNet's ``checkpoint_blocks`` left by a
+    recipe under ``backbone=smp``) is a :class:`ConfigError` naming it."""
+    try:
+        return instantiate(cfg.backbone, in_channels=datamodule.in_channels, num_classes=datamodule.num_classes)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) \
+            else None
+        if unexpected is None:
+            raise
+        key = unexpected.group(1)
+        raise ConfigError(f"backbone.{key}", f"is not a setting of {cfg.backbone.get('_target_')}",
+                          f"remove it with ~backbone.{key} (a recipe written for another backbone may set it)") from None
 
 
 def probe_settings(cfg: DictConfig) -> ProbeSettings:
