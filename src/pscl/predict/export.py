@@ -38,50 +38,27 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pscl.data.transforms import MIN_IMAGE_STD, PER_IMAGE  # noqa: E402
+from pscl.data.transforms import PER_IMAGE  # noqa: E402
 from pscl.errors import EXIT_OK, DataError, run_parsed  # noqa: E402
 from pscl.integrity import atomic_write_bytes  # noqa: E402
 from pscl.models.model_file import TrainedModel, load_trained_model  # noqa: E402
+from pscl.predict.normalised import NormalisedNetwork  # noqa: E402
 
 FORMATS = ("torchscript", "smp")
 CONTRACT_FORMAT = "pscl-torchscript/1"
 
 
-class NormalisedUNet(nn.Module):
-    """The UNet's blocks called in order, with the input normalisation first: scriptable.
-
-    ``per_image``: each image is first standardised by its own per-channel mean and std (a
-    constant channel becomes zeros), as :func:`pscl.data.transforms.standardise_image` does.
-    :meth:`network` runs the UNet alone, for inputs normalised by the caller (e.g. tiles cut from
-    a micrograph standardised as a whole).
-    """
+class NormalisedUNet(NormalisedNetwork):
+    """The UNet's blocks called in order, with the input normalisation first: scriptable
+    (:class:`~pscl.predict.normalised.NormalisedNetwork`)."""
 
     def __init__(self, unet: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
                  per_image: bool = False) -> None:
-        super().__init__()
-        self.per_image = bool(per_image)
-        self.min_std = float(MIN_IMAGE_STD)
-        shape = (1, len(mean), 1, 1)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+        super().__init__(mean, std, per_image)
         encoder, decoder = unet.encoder, unet.decoder
         self.inc, self.down1, self.down2, self.down3 = encoder.inc, encoder.down1, encoder.down2, encoder.down3
         self.up1, self.up2, self.up3 = decoder.up1, decoder.up2, decoder.up3
         self.classifier = unet.classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.per_image:
-            x = self.standardise(x)
-        return self.network((x - self.mean) / self.std)
-
-    @torch.jit.export
-    def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        """Each (C, H, W) image of the batch by its own per-channel mean and population std."""
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
-        # a constant channel: zeros, as in training (a floor alone would amplify rounding noise)
-        scale = torch.where(std >= self.min_std, 1.0 / std.clamp_min(self.min_std), torch.zeros_like(std))
-        return (x - mean) * scale
 
     @torch.jit.export
     def network(self, x: torch.Tensor) -> torch.Tensor:

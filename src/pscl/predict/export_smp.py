@@ -41,6 +41,7 @@ from torch import nn
 from pscl.data.transforms import MIN_IMAGE_STD, PER_IMAGE
 from pscl.errors import DataError
 from pscl.models.model_file import TrainedModel
+from pscl.predict.normalised import NormalisedNetwork
 
 SMP_FORMAT = "pscl-smp/1"
 MODEL_NAME, ENCODER_NAME, RECORD_NAME = "smp_model.pt", "encoder.pt", "export.json"
@@ -302,7 +303,7 @@ def export_smp(model: TrainedModel, folder: Path) -> list[Path]:
     return list(files)
 
 
-class NormalisedSmp(nn.Module):
+class NormalisedSmp(NormalisedNetwork):
     """An smp UNet with the input normalisation first, padding and cropping as pscl does: scriptable.
 
     Same contract as :class:`pscl.predict.export.NormalisedUNet` (``forward``, ``standardise``,
@@ -314,29 +315,11 @@ class NormalisedSmp(nn.Module):
 
     def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
                  per_image: bool = False) -> None:
-        super().__init__()
-        self.per_image = bool(per_image)
-        self.min_std = float(MIN_IMAGE_STD)
+        super().__init__(mean, std, per_image)
         self.stride = int(backbone.stride)
-        shape = (1, len(mean), 1, 1)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
         self.encoder = backbone.encoder
         self.decoder = backbone.decoder
         self.segmentation_head = backbone.classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.per_image:
-            x = self.standardise(x)
-        return self.network((x - self.mean) / self.std)
-
-    @torch.jit.export
-    def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        """Each (C, H, W) image of the batch by its own per-channel mean and population std."""
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
-        scale = torch.where(std >= self.min_std, 1.0 / std.clamp_min(self.min_std), torch.zeros_like(std))
-        return (x - mean) * scale
 
     @torch.jit.export
     def network(self, x: torch.Tensor) -> torch.Tensor:
