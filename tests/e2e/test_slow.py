@@ -71,6 +71,19 @@ def test_ddp_on_two_cpu_processes(make_folder, tmp_path: Path) -> None:
     assert len(predictions) == 2
 
 
+def test_ddp_with_an_smp_backbone_on_two_cpu_processes(make_folder, tmp_path: Path) -> None:
+    """backbone=smp under DDP: PSCL pretraining then fine-tuning on two processes (issue 23)."""
+    root = make_folder(n=12)
+    proc = run_cli(["data=folder", f"data.root={root}", "data.crop_size=64", "trainer=ddp_sim", "debug=limit",
+                    "method=pscl_simclr", "method.pretrain_epochs=2", "data.unlabeled_batch_size=2",
+                    "backbone=smp", "backbone.encoder_name=tu-test_efficientnet", "logger=csv",
+                    "callbacks.progress_bar.refresh_rate=0"], tmp_path, timeout=SLOW_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")
+    results = json.loads(metrics_file.read_text())
+    assert results["transferred_keys"] > 0 and 0.0 <= results["test"]["dice"] <= 1.0
+
+
 @pytest.mark.parametrize("method", ["pscl_simclr", "densecl"])
 def test_ddp_pretraining_on_two_cpu_processes(method: str, make_folder, tmp_path: Path) -> None:
     """Several pretraining steps under DDP: every trainable parameter gets a gradient on every rank."""
