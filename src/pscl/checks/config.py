@@ -211,11 +211,11 @@ def bottleneck_stride(cfg: DictConfig) -> int:
 
 def single_crop_side(cfg: DictConfig) -> int:
     """The smallest input side whose bottleneck is 2 px for the configured backbone (16 for pscl's
-    UNet, 33 for smp at depth 5): a batch of one smaller crop cannot train BatchNorm."""
-    side = 1
-    while bottleneck_side(cfg, side) < 2:
-        side += 1
-    return side
+    UNet, 33 for smp at depth 5): a batch of one smaller crop cannot train BatchNorm. A padding
+    backbone's bottleneck gains its second pixel one pixel past its stride (:func:`bottleneck_side`
+    rounds up), the UNet's at twice its stride (it rounds down)."""
+    stride = bottleneck_stride(cfg)
+    return stride + 1 if _pads(cfg) else 2 * stride
 
 
 def bottleneck_side(cfg: DictConfig, side: int) -> int:

@@ -156,16 +156,8 @@ class SmpBackbone(SegmentationBackbone):
                               f"({_first_sentence(exc)})", save) from None
         return dict(reference.state_dict())
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        bottom, right = (-height) % self.stride, (-width) % self.stride
-        if bottom or right:
-            x = F.pad(x, (0, right, 0, bottom), mode="reflect" if min(height, width) > max(bottom, right)
-                      else "replicate")
-        return x
-
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.encoder(self._pad(x))
+        return self.encoder(pad_to_multiple(x, self.stride))
 
     def forward_features(self, x: torch.Tensor) -> BackboneFeatures:
         """The bottleneck and the outputs of the last three decoder blocks, cropped to ``x``'s size."""
@@ -179,14 +171,31 @@ class SmpBackbone(SegmentationBackbone):
             skip = skips[i + 1] if i + 1 < len(skips) else None
             y = block(y, shapes[i + 1][0], shapes[i + 1][1], skip_connection=skip)
             maps.append(y)
-        decoder = [m[..., : -(-height // s), : -(-width // s)] for m, s in zip(maps[-3:], self.decoder_strides)]
-        bottleneck = features[-1][..., : -(-height // self.stride), : -(-width // self.stride)]
-        return {"bottleneck": bottleneck, "decoder": decoder}
+        decoder = [_crop(m, height, width, s) for m, s in zip(maps[-3:], self.decoder_strides)]
+        return {"bottleneck": _crop(features[-1], height, width, self.stride), "decoder": decoder}
 
     def forward_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's deepest map alone (the decoder is skipped)."""
         height, width = x.shape[-2:]
-        return self._encode(x)[-1][..., : -(-height // self.stride), : -(-width // self.stride)]
+        return _crop(self._encode(x)[-1], height, width, self.stride)
+
+
+def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``x`` padded on the bottom and right to sides that are multiples of ``stride``: by reflection,
+    or by replication where the image is too small to reflect. Scriptable: the TorchScript export
+    (:class:`pscl.predict.export_smp.NormalisedSmp`) pads with it too."""
+    height, width = x.shape[-2], x.shape[-1]
+    bottom = (stride - height % stride) % stride
+    right = (stride - width % stride) % stride
+    if bottom > 0 or right > 0:
+        mode = "reflect" if min(height, width) > max(bottom, right) else "replicate"
+        x = F.pad(x, [0, right, 0, bottom], mode=mode)
+    return x
+
+
+def _crop(features: torch.Tensor, height: int, width: int, stride: int) -> torch.Tensor:
+    """The part of a map at ``stride`` that covers an unpadded input of ``height`` x ``width``."""
+    return features[..., : -(-height // stride), : -(-width // stride)]
 
 
 def _adapt_first_conv(encoder: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

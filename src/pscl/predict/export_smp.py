@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pscl.data.transforms import MIN_IMAGE_STD, PER_IMAGE
 from pscl.errors import DataError
 from pscl.models.model_file import TrainedModel
+from pscl.models.smp_backbone import pad_to_multiple
 from pscl.predict.normalised import NormalisedNetwork
 
 SMP_FORMAT = "pscl-smp/1"
@@ -309,7 +309,7 @@ class NormalisedSmp(NormalisedNetwork):
     Same contract as :class:`pscl.predict.export.NormalisedUNet` (``forward``, ``standardise``,
     ``network``): any input size works, since :meth:`network` pads the bottom and right to a
     multiple of the encoder's stride (reflection, or replication for an image smaller than the
-    padding, as :class:`~pscl.models.smp_backbone.SmpBackbone` does), runs smp's encoder and
+    padding, with :func:`~pscl.models.smp_backbone.pad_to_multiple` as the backbone does), runs smp's encoder and
     decoder, crops the decoder's map back to the input's size and applies the head to it.
     """
 
@@ -325,12 +325,7 @@ class NormalisedSmp(NormalisedNetwork):
     def network(self, x: torch.Tensor) -> torch.Tensor:
         """The smp UNet on an already normalised (B, C, H, W) input of any size."""
         height, width = x.shape[-2], x.shape[-1]
-        bottom = (self.stride - height % self.stride) % self.stride
-        right = (self.stride - width % self.stride) % self.stride
-        if bottom > 0 or right > 0:
-            mode = "reflect" if min(height, width) > max(bottom, right) else "replicate"
-            x = F.pad(x, [0, right, 0, bottom], mode=mode)
-        features = self.encoder(x)
+        features = self.encoder(pad_to_multiple(x, self.stride))
         decoded = self.decoder(features)[:, :, :height, :width]
         return self.segmentation_head(decoded)
 
