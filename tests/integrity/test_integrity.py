@@ -226,3 +226,30 @@ def test_an_image_edited_in_place_changes_the_pretraining_key(make_folder, tmp_p
     image.write_bytes(bytes(blob))
     assert image.stat().st_size == size
     assert key() != before
+
+
+def test_a_weights_file_changed_under_its_name_changes_the_pretraining_key(make_folder, tmp_path: Path) -> None:
+    """backbone.encoder_weights enters the key by content: the same bytes under the same path give
+    the same key, edited bytes another one, and a run without a weights file keeps its key."""
+    from conftest import compose_config
+    from pscl.data.datamodule import MicrographDataModule
+
+    root = make_folder(n=6, suffix=".tif")
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"first weights")
+    datamodule = MicrographDataModule(root=root, cache_dir=tmp_path / "cache", crop_size=32)
+    datamodule.setup("fit")
+
+    def config(*overrides: str) -> dict:
+        cfg = compose_config(["method=simclr", "data=folder", f"data.root={root}", "data.crop_size=32",
+                              *overrides], tmp_path / "run")
+        return pretrain_cache.pretraining_config(cfg, datamodule.pretraining_pool())
+
+    smp = ("backbone=smp", f"backbone.encoder_weights={weights}")
+    before = config(*smp)
+    assert before["encoder_weights_sha256"] == pretrain_cache.hash_file(weights)
+    assert pretrain_cache.pretraining_key(config(*smp)) == pretrain_cache.pretraining_key(before)
+    weights.write_bytes(b"other weights")
+    assert pretrain_cache.pretraining_key(config(*smp)) != pretrain_cache.pretraining_key(before)
+    assert "encoder_weights_sha256" not in config("backbone=smp")  # random initialisation
+    assert "encoder_weights_sha256" not in config()  # pscl's UNet

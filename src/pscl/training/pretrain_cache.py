@@ -6,7 +6,8 @@ share one pretraining. :func:`pretraining_key` hashes everything that shapes it 
 pretraining node and length (its epochs, or ``method.pretrain_steps`` when set), the backbone,
 the seed, the data settings that define the pool and its views (not the label selection or
 fine-tuning settings), the trainer settings that change the computation, the SHA-256 of every
-pool file (and, for PSCL, of the annotated masks), and the pscl version. Weights are stored under
+pool file (and, for PSCL, of the annotated masks; for a backbone that starts from a local
+``backbone.encoder_weights`` file, of that file), and the pscl version. Weights are stored under
 ``<cache_dir>/pretrained/<method>-<key>/``. PSCL, whose sampling uses the annotated images, also
 hashes their ids - the round's actual ids, however chosen (``data.label_seed`` or
 ``data.labeled_ids``), as a set: it is reused only by runs that annotate the same images (e.g. the
@@ -118,6 +119,17 @@ def _length_entry(cfg: DictConfig) -> dict[str, int]:
     return {"pretrain_epochs": int(cfg.method.pretrain_epochs)}
 
 
+def _encoder_weights_entry(cfg: DictConfig) -> dict[str, str]:
+    """``{"encoder_weights_sha256": ...}`` when the backbone starts from a local weights file
+    (``backbone.encoder_weights``, not ``null`` or ``imagenet``): a file changed under the same name
+    then gives another key. Empty otherwise (the key of every other pretraining stays what it was);
+    a missing file is left to the backbone, which names it."""
+    weights = cfg.backbone.get("encoder_weights") if "backbone" in cfg else None
+    if weights is None or str(weights) == "imagenet" or not Path(str(weights)).is_file():
+        return {}
+    return {"encoder_weights_sha256": hash_file(Path(str(weights)))}
+
+
 def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Sequence[str] | None = None,
                        snapshot_epochs: Sequence[int] = (), label_files: Sequence[Path] = (),
                        snapshot_steps: Sequence[int] = ()) -> dict[str, Any]:
@@ -138,6 +150,7 @@ def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Seque
         extra["snapshot_steps"] = sorted(int(s) for s in snapshot_steps)
     if label_files:
         extra["label_files"] = content_hashes(label_files)
+    extra.update(_encoder_weights_entry(cfg))
     started = time.perf_counter()
     pool_hashes = content_hashes(pool)
     log.debug("hashed %d pool files in %.2f s", len(pool_hashes), time.perf_counter() - started)
