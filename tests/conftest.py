@@ -322,3 +322,55 @@ def make_batch(module: PSCLModule, size: int = 64, unlabeled: int = 3, seed: int
         item["group"] = b % 2
         items.append(item)
     return {"labeled": default_collate([labeled]), "unlabeled": default_collate(items)}
+
+
+# pscl-predict and pscl-export on a trained run (tests/predict/test_predict*.py, test_export*.py).
+def assert_predict_gives_the_runs_test_predictions(run_dir: Path, root: Path, results: dict, tmp_path: Path) -> None:
+    """pscl-predict on the run's test images, from the run folder and from its last checkpoint,
+    writes the masks the run wrote in ``predictions/``, pixel for pixel, and they score the run's
+    test Dice."""
+    import torch
+
+    from pscl.metrics import SegmentationMetrics
+    from pscl.models.model_file import load_trained_model
+    from pscl.predict.cli import EXIT_OK, run
+
+    test_ids = sorted(p.stem for p in (run_dir / "predictions").glob("*.png"))
+    assert test_ids
+    images = [str(root / "images" / f"{i}.png") for i in test_ids]
+    for source, out in ((run_dir, tmp_path / "out"), (run_dir / "checkpoints" / "last.ckpt", tmp_path / "out_ckpt")):
+        assert run([str(source), *images, "--out", str(out)]) == EXIT_OK
+        metrics = SegmentationMetrics(load_trained_model(source).class_names)
+        for i in test_ids:
+            predicted = np.array(Image.open(out / "masks" / f"{i}.png"))
+            assert np.array_equal(predicted, np.asarray(Image.open(run_dir / "predictions" / f"{i}.png")))
+            truth = np.array(Image.open(root / "masks" / f"{i}.png"))
+            metrics.update(torch.from_numpy(predicted).long()[None], torch.from_numpy(truth).long()[None])
+        assert metrics.compute()["dice"] == results["test"]["dice"]
+
+
+# the child process cannot import pscl: the module name is blocked before anything else runs
+_EXPORTED_CHILD = """
+import sys
+sys.modules["pscl"] = None
+import torch
+try:
+    import pscl  # noqa: F401
+    raise SystemExit("pscl is importable in the child")
+except ImportError:
+    pass
+model = torch.jit.load(sys.argv[1])
+inputs = torch.load(sys.argv[2])
+torch.save([model(x) for x in inputs], sys.argv[3])
+"""
+
+
+def run_exported_without_pscl(exported: Path, inputs: Sequence, tmp_path: Path) -> list:
+    """The outputs of a TorchScript export on each of ``inputs``, computed by a child Python
+    process that cannot import pscl (plain PyTorch only)."""
+    import torch
+
+    torch.save(list(inputs), tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", _EXPORTED_CHILD, str(exported), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                   check=True, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    return torch.load(tmp_path / "y.pt")

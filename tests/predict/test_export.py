@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from conftest import BACKBONE, CLASSES, _backbone
+from conftest import BACKBONE, CLASSES, _backbone, run_exported_without_pscl
 from pscl.predict.export import run
 from pscl.models.model_file import load_trained_model, save_model
-
-# the child process cannot import pscl: the module name is blocked before anything else runs
-_CHILD = """
-import sys
-sys.modules["pscl"] = None
-import torch
-try:
-    import pscl  # noqa: F401
-    raise SystemExit("pscl is importable in the child")
-except ImportError:
-    pass
-model = torch.jit.load(sys.argv[1])
-x = torch.load(sys.argv[2])
-torch.save(model(x), sys.argv[3])
-"""
 
 
 def test_the_torchscript_export_runs_without_pscl_and_gives_the_same_output(tmp_path: Path, capsys) -> None:
@@ -40,10 +23,7 @@ def test_the_torchscript_export_runs_without_pscl_and_gives_the_same_output(tmp_
     assert "(B, 1, H, W)" in contract["input"]["shape"] and "65535" in contract["input"]["scaling"]
 
     x = torch.rand(2, 1, 52, 70)  # [0, 1] images of a size the UNet pads inside
-    torch.save(x, tmp_path / "x.pt")
-    subprocess.run([sys.executable, "-c", _CHILD, str(exported), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                   check=True, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    exported_logits = torch.load(tmp_path / "y.pt")
+    (exported_logits,) = run_exported_without_pscl(exported, [x], tmp_path)
     model = load_trained_model(run_dir)
     with torch.no_grad():
         expected = model.backbone((x - 0.55) / 0.2)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from conftest import BACKBONE, CLASSES, _backbone, tree_hashes
+from conftest import BACKBONE, CLASSES, _backbone, run_exported_without_pscl, tree_hashes
 from pscl.data.transforms import normalise_whole_image
 from pscl.models.model_file import load_trained_model, save_model
 from pscl.models.smp_backbone import SmpBackbone
@@ -119,22 +117,6 @@ def test_the_smp_export_loads_into_plain_smp_with_the_same_logits(runs: dict[str
         assert run([str(run_dir), "--format", "smp", "--overwrite"]) == 0
 
 
-# the child process cannot import pscl: the module name is blocked before anything else runs
-_CHILD = """
-import sys
-sys.modules["pscl"] = None
-import torch
-try:
-    import pscl  # noqa: F401
-    raise SystemExit("pscl is importable in the child")
-except ImportError:
-    pass
-model = torch.jit.load(sys.argv[1])
-inputs = torch.load(sys.argv[2])
-torch.save([model(x) for x in inputs], sys.argv[3])
-"""
-
-
 def test_the_torchscript_export_of_an_smp_run_runs_without_pscl(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir = runs["depth5"]
     out = tmp_path / "model.ts.pt"
@@ -151,10 +133,8 @@ def test_the_torchscript_export_of_an_smp_run_runs_without_pscl(runs: dict[str, 
     # padded by reflection (52 x 70), by replication (an image thinner than its padding), none (64 x 96)
     sizes = [(52, 70), (9, 40), (64, 96)]
     images = [rng.random((2, h, w), dtype=np.float32) for h, w in sizes]
-    torch.save([torch.from_numpy(i)[:, None] for i in images], tmp_path / "x.pt")
-    subprocess.run([sys.executable, "-c", _CHILD, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                   check=True, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    for image, logits in zip(images, torch.load(tmp_path / "y.pt")):
+    outputs = run_exported_without_pscl(out, [torch.from_numpy(i)[:, None] for i in images], tmp_path)
+    for image, logits in zip(images, outputs):
         expected = _pscl_logits(run_dir, image)
         assert logits.shape == expected.shape == (2, 3, *image.shape[1:])
         assert torch.allclose(logits, expected, atol=1e-4)

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config, draw_sample, write_image
+from conftest import assert_predict_gives_the_runs_test_predictions, compose_config, draw_sample, write_image
 from pscl.models.model_file import load_trained_model
 from pscl.predict.cli import EXIT_OK, run
 from pscl.predict.tiling import TileSettings, segment, tile_plan, window_multiple
@@ -45,22 +45,9 @@ def smp_run(tmp_path_factory) -> tuple[Path, Path, dict]:
 
 
 def test_predict_on_an_smp_runs_test_images_gives_its_test_predictions_exactly(smp_run, tmp_path: Path) -> None:
-    from pscl.metrics import SegmentationMetrics
-
     run_dir, root, results = smp_run
     assert load_trained_model(run_dir).backbone_config["_target_"] == "pscl.models.smp_backbone.SmpBackbone"
-    test_ids = sorted(p.stem for p in (run_dir / "predictions").glob("*.png"))
-    assert test_ids
-    images = [str(root / "images" / f"{i}.png") for i in test_ids]
-    for source, out in ((run_dir, tmp_path / "out"), (run_dir / "checkpoints" / "last.ckpt", tmp_path / "ckpt")):
-        assert run([str(source), *images, "--out", str(out)]) == EXIT_OK
-        metrics = SegmentationMetrics(load_trained_model(source).class_names)
-        for i in test_ids:
-            predicted = np.array(Image.open(out / "masks" / f"{i}.png"))
-            assert np.array_equal(predicted, np.asarray(Image.open(run_dir / "predictions" / f"{i}.png")))
-            truth = np.array(Image.open(root / "masks" / f"{i}.png"))
-            metrics.update(torch.from_numpy(predicted).long()[None], torch.from_numpy(truth).long()[None])
-        assert metrics.compute()["dice"] == results["test"]["dice"]
+    assert_predict_gives_the_runs_test_predictions(run_dir, root, results, tmp_path)
 
 
 def test_predict_on_an_smp_run_with_sliding_windows(smp_run, tmp_path: Path) -> None:
