@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
+    import torch
     from pscl.models.unet import UNet
     from pscl.modules.pscl import PSCLModule
 
@@ -180,12 +181,19 @@ BACKBONE = {"_target_": "pscl.models.unet.UNet", "widths": [8, 16, 16, 32], "cha
 
 def _backbone(in_channels: int = 1, seed: int = 0) -> UNet:
     import torch
-    from torch import nn
 
     from pscl.models.unet import UNet
 
     torch.manual_seed(seed)
-    model = UNet(in_channels, len(CLASSES), widths=BACKBONE["widths"])
+    return with_trained_batchnorm(UNet(in_channels, len(CLASSES), widths=BACKBONE["widths"]))
+
+
+def with_trained_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode with non-trivial BatchNorm statistics, as after training (drawn from
+    the global torch generator)."""
+    import torch
+    from torch import nn
+
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-from torch import nn
 
-from conftest import BACKBONE, CLASSES, _backbone, run_exported_without_pscl, tree_hashes
+from conftest import BACKBONE, CLASSES, _backbone, run_exported_without_pscl, tree_hashes, with_trained_batchnorm
 from pscl.data.transforms import normalise_whole_image
 from pscl.models.model_file import load_trained_model, save_model
 from pscl.models.smp_backbone import SmpBackbone
@@ -29,13 +28,7 @@ CASES = {
 def _smp_backbone(name: str, depth: int, channels: list[int] | None, seed: int = 0) -> SmpBackbone:
     torch.manual_seed(seed)
     model = SmpBackbone(1, len(CLASSES), encoder_name=name, encoder_depth=depth, decoder_channels=channels)
-    with torch.no_grad():  # non-trivial BatchNorm statistics and head, as after training
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.num_batches_tracked.fill_(10)
-    return model.eval()
+    return with_trained_batchnorm(model)
 
 
 @pytest.fixture(scope="module")
