@@ -71,12 +71,16 @@ def test_ddp_on_two_cpu_processes(make_folder, tmp_path: Path) -> None:
     assert len(predictions) == 2
 
 
-def test_ddp_with_an_smp_backbone_on_two_cpu_processes(make_folder, tmp_path: Path) -> None:
-    """backbone=smp under DDP: PSCL pretraining then fine-tuning on two processes (issue 23)."""
+@pytest.mark.parametrize(("encoder", "depth"), [("tu-test_efficientnet", 5), ("resnet18", 3)])
+def test_ddp_with_an_smp_backbone_on_two_cpu_processes(encoder: str, depth: int, make_folder, tmp_path: Path) -> None:
+    """backbone=smp under DDP: PSCL pretraining then fine-tuning on two processes (issue 23); at
+    depth 3 the encoder's unused deeper stages are frozen, or DDP would stop."""
     root = make_folder(n=12)
+    channels = "[" + ",".join(str(c) for c in (64, 32, 16, 16, 8)[-depth:]) + "]"
     proc = run_cli(["data=folder", f"data.root={root}", "data.crop_size=64", "trainer=ddp_sim", "debug=limit",
                     "method=pscl_simclr", "method.pretrain_epochs=2", "data.unlabeled_batch_size=2",
-                    "backbone=smp", "backbone.encoder_name=tu-test_efficientnet", "logger=csv",
+                    "backbone=smp", f"backbone.encoder_name={encoder}", f"backbone.encoder_depth={depth}",
+                    f"backbone.decoder_channels={channels}", "logger=csv",
                     "callbacks.progress_bar.refresh_rate=0"], tmp_path, timeout=SLOW_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")

@@ -60,6 +60,30 @@ def test_a_shallower_encoder_has_a_finer_bottleneck(depth: int) -> None:
     assert [tuple(m.shape[2:]) for m in features["decoder"]] == [(13, 11), (25, 21), (50, 41)]
 
 
+@pytest.mark.parametrize(("encoder", "depth", "unused_stages"), [
+    ("resnet18", 3, {"layer3", "layer4"}), ("resnet18", 4, {"layer4"}), ("resnet18", 5, set()),
+    ("tu-test_efficientnet", 3, None)])
+def test_every_trainable_parameter_gets_a_gradient_at_any_depth(encoder: str, depth: int,
+                                                                 unused_stages: set[str] | None) -> None:
+    """smp keeps the deeper stages of a shallower encoder; pscl freezes them (DDP needs a gradient
+    for every trainable parameter) and keeps them in the state dict for smp.Unet."""
+    torch.manual_seed(0)
+    model = SmpBackbone(1, 4, encoder_name=encoder, encoder_depth=depth, decoder_channels=DECODER[-depth:])
+    if unused_stages is not None:
+        assert {name.split(".")[0] for name in model.unused_encoder_parameters} == unused_stages
+    frozen = {f"encoder.{name}" for name in model.unused_encoder_parameters}
+    assert frozen <= set(model.state_dict())
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    assert all(int(b) == 0 for n, b in model.named_buffers() if n.endswith("num_batches_tracked"))  # eval-mode probe
+    assert model.training
+    x = torch.randn(2, 1, 64, 64)
+    features = model.forward_features(x)
+    loss = model(x).sum() + features["bottleneck"].sum() + sum(m.sum() for m in features["decoder"])
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
+
+
 def test_settings_that_cannot_work_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"(?s)'resnet181' is not an encoder .*closest: resnet18, "):
         SmpBackbone(1, 4, encoder_name="resnet181")

@@ -118,6 +118,7 @@ class SmpBackbone(SegmentationBackbone):
         self.stride = int(self.encoder.output_stride)
         if encoder_weights is not None:
             self._load_encoder_weights(str(encoder_weights))
+        self.unused_encoder_parameters = freeze_unused_parameters(self.encoder, self.in_channels, 2 * self.stride)
 
     def _load_encoder_weights(self, weights: str) -> None:
         """Put ImageNet weights (downloaded by smp) or a local file's into the encoder."""
@@ -178,6 +179,36 @@ class SmpBackbone(SegmentationBackbone):
         """The encoder's deepest map alone (the decoder is skipped)."""
         height, width = x.shape[-2:]
         return _crop(self._encode(x)[-1], height, width, self.stride)
+
+
+def freeze_unused_parameters(encoder: torch.nn.Module, in_channels: int, side: int) -> list[str]:
+    """Set ``requires_grad=False`` on the encoder parameters its forward never uses, and return
+    their names. smp keeps every stage of an encoder whatever ``encoder_depth`` (a depth-3 ResNet
+    still holds ``layer3`` and ``layer4``): such parameters never get a gradient, which stops DDP
+    (it waits for every trainable parameter's gradient), and the optimiser would carry them for
+    nothing. They stay in the state dict, so ``smp.Unet`` loads pscl's weights as before.
+
+    Found by one forward of a ``side`` x ``side`` zero image in eval mode (BatchNorm statistics and
+    the random stream untouched) and the gradient of its outputs, computed with ``autograd.grad``
+    (no ``.grad`` is written). An encoder built on the ``meta`` device (to check a model file's
+    shapes before its weights are read) is left as it is."""
+    params = [(name, p) for name, p in encoder.named_parameters() if p.requires_grad]
+    if not params or any(p.is_meta for _, p in params):  # a build on the meta device checks shapes only
+        return []
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.enable_grad():
+            outputs = [f for f in encoder(torch.zeros(1, in_channels, side, side)) if f.requires_grad]
+            total = torch.stack([f.float().sum() for f in outputs]).sum()
+            grads = torch.autograd.grad(total, [p for _, p in params], allow_unused=True)
+    finally:
+        encoder.train(was_training)
+    unused = [name for (name, p), g in zip(params, grads) if g is None]
+    for name, p in params:
+        if name in unused:
+            p.requires_grad_(False)
+    return unused
 
 
 def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
