@@ -126,8 +126,8 @@ class SmpBackbone(SegmentationBackbone):
             state = self._download_imagenet()
             source: Any = f"ImageNet weights of {self.encoder_name}"
         else:
-            path = Path(weights).expanduser()
-            if not path.is_file():
+            path = encoder_weights_path(weights)
+            if path is None:
                 raise ConfigError("backbone.encoder_weights", f"is neither null, imagenet nor a file: {weights!r}",
                                   _WEIGHTS_FIX)
             state, source = read_encoder_weights(path, self.encoder_name), path
@@ -204,11 +204,21 @@ def freeze_unused_parameters(encoder: torch.nn.Module, in_channels: int, side: i
             grads = torch.autograd.grad(total, [p for _, p in params], allow_unused=True)
     finally:
         encoder.train(was_training)
-    unused = [name for (name, p), g in zip(params, grads) if g is None]
-    for name, p in params:
-        if name in unused:
+    unused = []
+    for (name, p), grad in zip(params, grads):
+        if grad is None:
             p.requires_grad_(False)
+            unused.append(name)
     return unused
+
+
+def encoder_weights_path(weights: str | None) -> Path | None:
+    """The local file ``backbone.encoder_weights`` names (``~`` expanded), or None for ``null``,
+    ``imagenet`` or a path that is not a file. The backbone reads it; the pretraining cache hashes it."""
+    if weights is None or str(weights) == "imagenet":
+        return None
+    path = Path(str(weights)).expanduser()
+    return path if path.is_file() else None
 
 
 def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:

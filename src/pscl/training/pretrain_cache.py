@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 import pscl
 from pscl.errors import PsclError
 from pscl.integrity import atomic_write_text, content_hashes, copy_atomic, file_lock, hash_file
+from pscl.models.smp_backbone import encoder_weights_path
 from pscl.models.transfer import load_pretrained, read_meta
 
 log = logging.getLogger("pscl.pretrain_cache")
@@ -124,10 +125,8 @@ def _encoder_weights_entry(cfg: DictConfig) -> dict[str, str]:
     (``backbone.encoder_weights``, not ``null`` or ``imagenet``): a file changed under the same name
     then gives another key. Empty otherwise (the key of every other pretraining stays what it was);
     a missing file is left to the backbone, which names it."""
-    weights = cfg.backbone.get("encoder_weights") if "backbone" in cfg else None
-    if weights is None or str(weights) == "imagenet" or not Path(str(weights)).is_file():
-        return {}
-    return {"encoder_weights_sha256": hash_file(Path(str(weights)))}
+    path = encoder_weights_path(cfg.backbone.get("encoder_weights"))
+    return {} if path is None else {"encoder_weights_sha256": hash_file(path)}
 
 
 def pretraining_config(cfg: DictConfig, pool: Sequence[Path], labeled_ids: Sequence[str] | None = None,
