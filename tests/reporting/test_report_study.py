@@ -67,6 +67,18 @@ def test_study_curve_and_tables(study: Path) -> None:
     assert "label_efficiency.png" not in written and "`label_efficiency.png` is not drawn" in text
 
 
+def test_curve_reference_uses_only_the_studys_rounds(study: Path) -> None:
+    """Supervised rounds the study has no snapshots for (another label seed, another label regime)
+    stay out of the curve's reference line, but are reported in their own rows."""
+    data = Path(json.loads((study / "sup0" / "metrics.json").read_text())["data_root"])
+    _write(study / "sup2", {"method": "supervised", "label_seed": 2, "test": _metrics(0.95)}, data)
+    _write(study / "sup_all", {"method": "supervised", "label_seed": 0, "num_labeled": "all", "test": _metrics(0.9)},
+           data)
+    text = write_report([study])["results.md"].read_text()
+    assert "Supervised (no pretraining): 0.600 ± 0.071 over 2 round(s)." in text
+    assert "| supervised | 1 | 3 | 0.717 ± 0.208 |" in text  # the results table keeps all three rounds at 1 label
+
+
 def test_snapshot_rows_pool_rounds_per_epoch() -> None:
     records = [{"method": "simclr", "label_seed": s,
                 "snapshots": [{"epoch": 1, "steps": 10, "test": {"dice": d}}, {"epoch": 2, "steps": 20, "test": {"dice": d + 0.2}}]}

@@ -110,7 +110,9 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
                   file=sys.stderr)
         records = [_record(r) for r in runs if not r.failed]
         study = snapshot_rows(records, method_key)
-        supervised = baseline_stats(runs, baseline, protocol)
+        # the supervised reference of the curve: the same label regime and rounds as its snapshots
+        study_rounds = {(r["num_labeled"], r["label_seed"]) for r in records if r["snapshots"]}
+        supervised = baseline_stats(runs, baseline, protocol, study_rounds or None)
         sections = [repeated_rounds_warning(repeats), markdown(rows, runs, protocol), label_efficiency_note(rows),
                     regime_markdown(regimes, baseline),
                     paired_markdown(paired_rows(rounds, baseline, method_key, bootstrap_seed), baseline,

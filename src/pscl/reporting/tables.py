@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +149,14 @@ def repeated_rounds_warning(repeats: Sequence[tuple[str, str, int, list[Path]]])
     return "\n".join(lines) + "\n"
 
 
-def baseline_stats(runs: Sequence[Run], baseline: str, protocol: str) -> tuple[float, float, int] | None:
-    """The ``baseline`` method's Dice over its finished rounds: mean, sample std and rounds (None: no round)."""
-    values = [reported_values(r, protocol)["dice"] for r in runs if r.method == baseline and not r.failed]
+def baseline_stats(runs: Sequence[Run], baseline: str, protocol: str,
+                   rounds: Collection[tuple[str, int]] | None = None) -> tuple[float, float, int] | None:
+    """The ``baseline`` method's Dice over its finished rounds: mean, sample std and rounds (None: no round).
+
+    ``rounds``: only these (label regime, label seed) pairs - the rounds a comparison is made on, so
+    that extra baseline rounds or other label regimes in the same report do not shift the reference."""
+    values = [reported_values(r, protocol)["dice"] for r in runs if r.method == baseline and not r.failed
+              and (rounds is None or (r.num_labeled, r.label_seed) in rounds)]
     if not values:
         return None
     mean, std = mean_std(values)
