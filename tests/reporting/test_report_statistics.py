@@ -211,3 +211,20 @@ def test_label_regimes_experiment_composes(tmp_path: Path) -> None:
         point = compose_config(["experiment=label_regimes", f"data.num_labeled={regime}", "method=pscl_simclr"],
                                tmp_path / regime)
         assert str(point.data.num_labeled) == regime and point.method.name == "pscl_simclr"
+
+
+def test_regime_table_warns_when_a_method_has_other_rounds_than_the_baseline(tmp_path: Path, capsys) -> None:
+    """Supervised over 4 rounds at 1 label, pscl_simclr over 3: its mean is over other images."""
+    runs = _multirun(tmp_path / "multirun", {**REGIMES, ("supervised", "1"): [0.50, 0.52, 0.48, 0.50]})
+    assert main([str(runs)]) == 0
+    capsys.readouterr()
+    table = (runs / "results.md").read_text()
+    assert "Not paired: `pscl_simclr` at 1 (rounds 0, 1, 2 vs 0, 1, 2, 3)." in table
+    assert "at 5" not in table.split("Not paired:")[1].split(".")[0]  # the paired regimes are not named
+
+
+def test_regime_table_of_paired_rounds_has_no_warning(tmp_path: Path, capsys) -> None:
+    runs = _multirun(tmp_path / "multirun", REGIMES)
+    assert main([str(runs)]) == 0
+    capsys.readouterr()
+    assert "Not paired" not in (runs / "results.md").read_text()

@@ -54,19 +54,38 @@ def regime_table(rows: Sequence[Mapping[str, Any]], baseline: str,
     methods = sorted({row["method"] for row in done}, key=lambda m: (m != baseline, order(m)))
     dice = {(row["method"], row["num_labeled"]): float(row["dice_mean"]) for row in done}
     low, high = dice.get((baseline, regimes[0])), dice.get((baseline, regimes[-1]))
-    table = RegimeTable(regimes, methods, dice, gap=None, baseline_low=low, baseline_high=high)
+    table = RegimeTable(regimes, methods, dice, gap=None, baseline_low=low, baseline_high=high,
+                        note=_unpaired_note(done, baseline))
     missing = [regime for regime, value in ((regimes[0], low), (regimes[-1], high)) if value is None]
     if missing:
-        table.note = (f"Gap recovered is not shown: `{baseline}` has no finished round with "
+        table.note += (f"Gap recovered is not shown: `{baseline}` has no finished round with "
                       + " or ".join(f"{regime} label(s)" for regime in missing)
                       + f"; it needs `{baseline}` at the fewest and at the most annotated images.")
         return table
     assert low is not None and high is not None  # for the type checker: neither is missing
     table.gap = {key: gap_recovered(value, low, high) for key, value in dice.items()}
     if high <= low:
-        table.note = (f"–: undefined. `{baseline}` with {regimes[-1]} label(s) ({high:.3f}) is not above "
+        table.note += (f"–: undefined. `{baseline}` with {regimes[-1]} label(s) ({high:.3f}) is not above "
                       f"`{baseline}` with {regimes[0]} ({low:.3f}): there is no gap to recover.")
     return table
+
+
+def _unpaired_note(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
+    """A warning when, in some regime, a method's rounds (label seeds) are not the baseline's: its
+    mean and gap are then over other annotated images ("" when every regime is paired)."""
+    seeds = {(row["method"], row["num_labeled"]): sorted(row.get("label_seeds") or []) for row in rows}
+    odd = sorted(f"`{method}` at {regime} (rounds {_seed_list(mine)} vs {_seed_list(seeds[(baseline, regime)])})"
+                 for (method, regime), mine in seeds.items()
+                 if method != baseline and (baseline, regime) in seeds and mine != seeds[(baseline, regime)])
+    if not odd:
+        return ""
+    return ("Not paired: " + "; ".join(odd) + f". These means are over other annotated images than `{baseline}`'s, "
+            "and the annotated image moves Dice more than the method; the paired table below compares round by "
+            "round. ")
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return ", ".join(str(seed) for seed in seeds) or "none"
 
 
 def regime_markdown(table: RegimeTable | None, baseline: str) -> str:
@@ -97,7 +116,7 @@ def regime_markdown(table: RegimeTable | None, baseline: str) -> str:
                 cells.append("-" if value is None else _fraction(table.gap.get((method, regime))))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if table.note:
-        lines += ["", table.note]
+        lines += ["", table.note.strip()]
     return "\n".join(lines) + "\n"
 
 
