@@ -236,7 +236,7 @@ def test_the_pretraining_key_depends_on_the_normalisation(make_folder, tmp_path:
         cfg = compose_config(["data=folder", f"data.root={root}", "method=simclr", *overrides], tmp_path / "run")
         return pretrain_cache.pretraining_key(pretrain_cache.pretraining_config(cfg, pool))
 
-    dataset, per_image = key(), key("data.normalisation=per_image")
-    assert dataset != per_image
-    # the default keeps the key it had before the setting existed: cached pretrainings stay reusable
+    dataset, per_image = key("data.normalisation=dataset"), key("data.normalisation=per_image")
+    assert dataset != per_image and key() == per_image  # per_image is the default
+    # dataset keeps the key it had before the setting existed: cached pretrainings stay reusable
     assert dataset == key("~data.normalisation")
