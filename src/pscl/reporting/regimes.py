@@ -59,14 +59,14 @@ def regime_table(rows: Sequence[Mapping[str, Any]], baseline: str,
     missing = [regime for regime, value in ((regimes[0], low), (regimes[-1], high)) if value is None]
     if missing:
         table.note += (f"Gap recovered is not shown: `{baseline}` has no finished round with "
-                      + " or ".join(f"{regime} label(s)" for regime in missing)
-                      + f"; it needs `{baseline}` at the fewest and at the most annotated images.")
+                       + " or ".join(f"{regime} label(s)" for regime in missing)
+                       + f"; it needs `{baseline}` at the fewest and at the most annotated images.")
         return table
     assert low is not None and high is not None  # for the type checker: neither is missing
     table.gap = {key: gap_recovered(value, low, high) for key, value in dice.items()}
     if high <= low:
         table.note += (f"–: undefined. `{baseline}` with {regimes[-1]} label(s) ({high:.3f}) is not above "
-                      f"`{baseline}` with {regimes[0]} ({low:.3f}): there is no gap to recover.")
+                       f"`{baseline}` with {regimes[0]} ({low:.3f}): there is no gap to recover.")
     return table
 
 
