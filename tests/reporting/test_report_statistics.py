@@ -85,9 +85,15 @@ def _write_run(folder: Path, method: str, num_labeled: str, seed: int, dice: flo
     (folder / ".hydra" / "config.yaml").write_text(
         f"method:\n  name: {method}\ndata:\n  num_labeled: {num_labeled}\n  label_seed: {seed}\n")
     record = {"method": method, "num_labeled": int(num_labeled) if num_labeled.isdigit() else num_labeled,
-              "label_seed": seed, "labeled_ids": [f"img{i:02d}" for i in range(images)], "split": "test",
+              "label_seed": seed, "labeled_ids": _ids(num_labeled, seed, images), "split": "test",
               "test": {"dice": dice, "acc": 0.9}, "protocol": "final", "test_history": []}
     (folder / "metrics.json").write_text(json.dumps(record))
+
+
+def _ids(num_labeled: str, seed: int, images: int) -> list[str]:
+    """The annotated images of a round: another draw per seed, every image at ``all``."""
+    first = 0 if num_labeled == "all" else seed * images
+    return [f"img{i:02d}" for i in range(first, first + images)]
 
 
 def _multirun(root: Path, dice: dict[tuple[str, str], Sequence[float]]) -> Path:
@@ -228,3 +234,14 @@ def test_regime_table_of_paired_rounds_has_no_warning(tmp_path: Path, capsys) ->
     assert main([str(runs)]) == 0
     capsys.readouterr()
     assert "Not paired" not in (runs / "results.md").read_text()
+
+
+def test_report_says_when_rounds_annotate_the_same_images(tmp_path: Path, capsys) -> None:
+    """At ``all`` every round annotates every image: the three runs are one round repeated."""
+    runs = _multirun(tmp_path / "multirun", REGIMES)
+    assert main([str(runs)]) == 0
+    capsys.readouterr()
+    table = (runs / "results.md").read_text()
+    note = _line(table, "Rounds that annotate the same images:")
+    assert "`supervised` at all (3 runs)" in note and "`pscl_simclr` at all (3 runs)" in note
+    assert " at 1 " not in note and " at 5 " not in note  # other draws per round: not named

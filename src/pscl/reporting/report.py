@@ -62,6 +62,7 @@ from pscl.reporting.tables import (
     method_key,
     repeated_rounds,
     repeated_rounds_warning,
+    same_images_note,
     summarize,
     write_csvs,
 )
@@ -114,6 +115,7 @@ def write_report(roots: Sequence[Path], out: Path | None = None, protocol: str =
         study_rounds = {(r["num_labeled"], r["label_seed"]) for r in records if r["snapshots"]}
         supervised = baseline_stats(runs, baseline, protocol, study_rounds or None)
         sections = [repeated_rounds_warning(repeats), markdown(rows, runs, protocol), label_efficiency_note(rows),
+                    same_images_note(runs),
                     regime_markdown(regimes, baseline),
                     paired_markdown(paired_rows(rounds, baseline, method_key, bootstrap_seed), baseline,
                                     bootstrap_seed),

@@ -125,6 +125,23 @@ def label_efficiency_note(rows: Sequence[dict[str, Any]]) -> str:
             "`pscl-train -m ... data.num_labeled=1,5,all`.\n")
 
 
+def same_images_note(runs: Sequence[Run]) -> str:
+    """A note naming each (method, regime) whose finished rounds all annotate the same images (``all``,
+    or ids named by hand): there ``data.label_seed`` selects nothing, so with a fixed seed the rounds
+    repeat one run, and their ± and interval measure no spread between annotated images (``""`` if none)."""
+    images: dict[tuple[str, str], list[frozenset[str]]] = {}
+    for run in runs:
+        if not run.failed and run.labeled_ids:
+            images.setdefault((run.method, run.num_labeled), []).append(frozenset(run.labeled_ids))
+    same = [f"`{method}` at {regime} ({len(sets)} runs)" for (method, regime), sets in images.items()
+            if len(sets) > 1 and len(set(sets)) == 1]
+    if not same:
+        return ""
+    return ("Rounds that annotate the same images: " + ", ".join(same) + ". `data.label_seed` selects nothing "
+            "there, so these runs repeat one round (identical when the run's seed is fixed): their ± and "
+            "interval say nothing about the spread between annotated images.\n")
+
+
 def repeated_rounds(runs: Sequence[Run]) -> list[tuple[str, str, int, list[Path]]]:
     """(method, regime, round, folders) for every round that more than one finished run reports.
 
