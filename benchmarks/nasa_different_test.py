@@ -23,26 +23,27 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-FOREGROUND = (1, 2)
+from pscl.data.io import read_mask
+from pscl.dice import class_dice, dice_counts, foreground_dice
+from pscl.reporting.grid import read_overrides
+
+NUM_CLASSES = 3  # matrix, secondary and tertiary gamma-prime
 
 
 def normalisation_of(job: Path) -> str:
     """The run's ``data.normalisation`` override (``default`` when it set none)."""
-    overrides = (job / ".hydra" / "overrides.yaml").read_text().split()
-    named = [o.split("=", 1)[1] for o in overrides if o.lstrip("- ").startswith("data.normalisation=")]
+    named = [o.split("=", 1)[1] for o in read_overrides(job / ".hydra" / "overrides.yaml")
+             if o.lstrip("+~").startswith("data.normalisation=")]
     return named[0] if named else "default"
 
 
 def pooled_dice(truths: list[np.ndarray], predictions: list[np.ndarray]) -> float:
-    """Dice per foreground class pooled over the images, then averaged over the classes."""
-    scores = []
-    for c in FOREGROUND:
-        overlap = sum(int(np.sum((t == c) & (p == c))) for t, p in zip(truths, predictions))
-        size = sum(int(np.sum(t == c)) + int(np.sum(p == c)) for t, p in zip(truths, predictions))
-        scores.append(2 * overlap / size if size else float("nan"))
-    return float(np.nanmean(scores))
+    """pscl's Dice (:mod:`pscl.dice`): counts per class pooled over the images, then the mean over
+    the foreground classes present."""
+    counts = [dice_counts(p, t, NUM_CLASSES) for t, p in zip(truths, predictions)]
+    tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
+    return foreground_dice(class_dice(tp, fp, fn))
 
 
 def score_run(job: Path, images: list[Path], masks: Path, out: Path) -> dict:
@@ -51,8 +52,8 @@ def score_run(job: Path, images: list[Path], masks: Path, out: Path) -> dict:
     if not (target / "predict.json").is_file():
         subprocess.run([sys.executable, "-m", "pscl.predict.cli", str(job), *map(str, images), "--out", str(target)],
                        check=True, capture_output=True)
-    truths = [np.array(Image.open(masks / image.name)) for image in images]
-    predictions = [np.array(Image.open(target / "masks" / image.name)) for image in images]
+    truths = [read_mask(masks / image.name, NUM_CLASSES) for image in images]
+    predictions = [read_mask(target / "masks" / image.name, NUM_CLASSES) for image in images]
     metrics = json.loads((job / "metrics.json").read_text())
     return {"job": job.name, "setting": normalisation_of(job), "method": metrics["method"],
             "label_seed": metrics["label_seed"], "dice": pooled_dice(truths, predictions),
