@@ -3,13 +3,16 @@ below them, the helpers that test modules in several folders share."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +27,18 @@ if TYPE_CHECKING:
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SHARED_NASA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nasa_superalloy"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextmanager
+def benchmark_modules(*names: str) -> Iterator[tuple[ModuleType, ...]]:
+    """The named ``benchmarks/`` scripts (not a package) imported as modules, with the folder on
+    ``sys.path`` only while the context is open."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield tuple(importlib.import_module(name) for name in names)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 def draw_sample(rng: np.random.Generator, height: int, width: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,24 +4,18 @@ the refusal of a folder without a different_test list."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def different():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import nasa_different_test
-
-        yield nasa_different_test
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("nasa_different_test") as modules:
+        yield modules[0]
 
 
 def test_pooled_dice_pools_pixels_over_images_then_averages_classes(different) -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def benchmarks():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import matching
-        import pretrain_step
-
-        yield matching, pretrain_step
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("matching", "pretrain_step") as modules:
+        yield modules
 
 
 def test_recorded_matching_inputs_are_the_quick_moco_scales(benchmarks) -> None:

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def parity():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bf16_parity
-
-        yield bf16_parity
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("bf16_parity") as modules:
+        yield modules[0]
 
 
 def _job(root: Path, number: int, precision: str, seed: int, points: dict[int, tuple[float, float]]) -> None:

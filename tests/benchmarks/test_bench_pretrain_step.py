@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def pretrain_step():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import pretrain_step
-
-        yield pretrain_step
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("pretrain_step") as modules:
+        yield modules[0]
 
 
 def test_make_bench_times_every_default_configuration_in_its_precisions(pretrain_step, monkeypatch, capsys) -> None:
