@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from pscl.data.io import read_mask
-from pscl.dice import class_dice, dice_counts, foreground_dice
 from pscl.reporting.grid import read_overrides
+from pscl.reporting.intensity_baseline import pooled_foreground_dice
 
 NUM_CLASSES = 3  # matrix, secondary and tertiary gamma-prime
 
@@ -40,10 +40,8 @@ def normalisation_of(job: Path) -> str:
 
 def pooled_dice(truths: list[np.ndarray], predictions: list[np.ndarray]) -> float:
     """pscl's Dice (:mod:`pscl.dice`): counts per class pooled over the images, then the mean over
-    the foreground classes present."""
-    counts = [dice_counts(p, t, NUM_CLASSES) for t, p in zip(truths, predictions)]
-    tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
-    return foreground_dice(class_dice(tp, fp, fn))
+    the foreground classes present (:func:`~pscl.reporting.intensity_baseline.pooled_foreground_dice`)."""
+    return pooled_foreground_dice(predictions, truths, NUM_CLASSES)[0]
 
 
 def score_run(job: Path, images: list[Path], masks: Path, out: Path) -> dict:
