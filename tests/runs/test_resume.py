@@ -31,6 +31,7 @@ def _module(stage: str, method: str) -> type:
     ("pscl_simclr", "pretrain", []),
     ("simclr", "finetune", []),
     ("pscl_moco", "pretrain", ["snapshot_epochs=[1,2]", "eval.probe=true"]),
+    ("simclr", "pretrain", ["method.pretrain_steps=6", "snapshot_steps=[2,5,6]", "reuse_pretraining=false"]),
 ])
 def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path: Path, monkeypatch, method: str, stage: str,
                                                         extra: list[str]) -> None:

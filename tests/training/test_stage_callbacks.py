@@ -58,15 +58,25 @@ def test_snapshots_keep_the_state_keys_of_older_checkpoints(unit: str, key: str,
     assert (snapshot.epoch, snapshot.steps) == ((2, 9) if unit == "epoch" else (9, 2))
 
 
+def _trainer(epoch: int, epochs_ended: int, step: int) -> SimpleNamespace:
+    """The parts of a Trainer the snapshot callbacks read, in epoch index ``epoch`` with ``current_epoch``
+    one behind, as in a step-based fit resumed from an epoch-end checkpoint (Lightning 2.6)."""
+    progress = SimpleNamespace(current=SimpleNamespace(processed=epochs_ended))
+    return SimpleNamespace(current_epoch=epoch - 1, global_step=step, is_global_zero=True,
+                           fit_loop=SimpleNamespace(epoch_progress=progress))
+
+
 def test_epoch_and_step_snapshots_save_at_their_own_counts(tmp_path: Path) -> None:
     by_epoch = PretrainSnapshots([2], tmp_path, unit="epoch")
     by_step = PretrainSnapshots([5], tmp_path, unit="step")
     module = _Module()
-    for epoch, step in ((0, 3), (1, 5), (1, 5), (2, 8)):  # the accumulation repeat at step 5 saves once
-        trainer = SimpleNamespace(current_epoch=epoch, global_step=step, is_global_zero=True)
+    batches = ((0, 3), (1, 5), (1, 5), (2, 8))  # (epoch index, steps); the accumulation repeat at step 5 saves once
+    for k, (epoch, step) in enumerate(batches):
         for callback in (by_epoch, by_step):
-            callback.on_train_batch_end(trainer, module, None, None, 0)
-            callback.on_train_epoch_end(trainer, module)
+            callback.on_train_batch_end(_trainer(epoch, epoch, step), module, None, None, 0)
+        if k + 1 == len(batches) or batches[k + 1][0] != epoch:  # Lightning counts the epoch, then the hook
+            for callback in (by_epoch, by_step):
+                callback.on_train_epoch_end(_trainer(epoch, epoch + 1, step), module)
     assert [(s.epoch, s.steps, s.path.name) for s in by_epoch.snapshots()] == [(2, 5, "epoch_0002.pt")]
     assert [(s.epoch, s.steps, s.path.name) for s in by_step.snapshots()] == [(2, 5, "step_0005.pt")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0002.pt", "step_0005.pt"]

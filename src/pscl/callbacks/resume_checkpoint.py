@@ -18,6 +18,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
 
+from pscl.callbacks.epoch_count import epochs_ended
+
 LAST = "last.ckpt"
 
 
@@ -48,7 +50,7 @@ class ResumeCheckpoint(Checkpoint):
             os.replace(tmp, self.last_path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.every_n_epochs and epochs_ended(trainer) % self.every_n_epochs == 0:
             self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

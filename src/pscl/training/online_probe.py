@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from pscl.callbacks.epoch_count import epochs_ended
 from pscl.probe.evaluate import ProbeSettings, probe_backbone
 from pscl.probe.features import dense_features
 from pscl.probe.linear import sample_pixels
@@ -95,6 +96,6 @@ class OnlineProbe(pl.Callback):
             self._probe(trainer, pl_module, 0)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
+        epoch = epochs_ended(trainer)
         if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
             self._probe(trainer, pl_module, epoch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
+from pscl.callbacks.epoch_count import epochs_ended
 from pscl.metrics import SegmentationMetrics
 
 
@@ -25,7 +26,7 @@ class PeriodicTest(pl.Callback):
         self.every_n_epochs = int(every_n_epochs)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
+        epoch = epochs_ended(trainer)
         # only rank 0 reports the run's results; the other ranks' points would be discarded
         if epoch % self.every_n_epochs or not trainer.is_global_zero:
             return

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from pscl.callbacks.epoch_count import epoch_in_progress, epochs_ended
 from pscl.models.transfer import save_pretrained
 from pscl.training.pretrain_cache import Snapshot, snapshot_path, step_snapshot_path
 
@@ -77,7 +78,7 @@ class PretrainSnapshots(pl.Callback):
         self.saved[count] = (path, other)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
+        epoch = epochs_ended(trainer)
         if self.unit == "epoch" and epoch in self.at:
             self._save(trainer, pl_module, epoch, int(trainer.global_step))
 
@@ -85,4 +86,4 @@ class PretrainSnapshots(pl.Callback):
                            batch: object, batch_idx: int) -> None:
         step = int(trainer.global_step)
         if self.unit == "step" and step in self.at and step not in self.saved:
-            self._save(trainer, pl_module, trainer.current_epoch + 1, step)
+            self._save(trainer, pl_module, epoch_in_progress(trainer), step)
