@@ -89,6 +89,17 @@ def test_snapshot_rows_pool_rounds_per_epoch() -> None:
     assert math.isnan(rows[0]["probe_mean"])  # no probe recorded
 
 
+def test_snapshot_rows_pool_by_steps_when_a_round_counted_another_epoch() -> None:
+    """A step snapshot written after a resume by older pscl said epoch 1,499 at step 1,500: the
+    round still belongs to the 1,500-step point, and the row names both epochs."""
+    records = [{"method": "pscl_simclr", "label_seed": s,
+                "snapshots": [{"epoch": e, "steps": 1500, "test": {"dice": d}}]}
+               for s, e, d in ((0, 1500, 0.9), (1, 1499, 0.7), (2, 1500, 0.8))]
+    rows = snapshot_rows(records)
+    assert [(r["epoch"], r["steps"], r["rounds"], r["label_seeds"]) for r in rows] == [("1499–1500", 1500, 3, [0, 1, 2])]
+    assert rows[0]["dice_mean"] == pytest.approx(0.8)
+
+
 def test_grid_report_ranks_points_by_mean_validation_dice(tmp_path: Path, make_folder) -> None:
     data = make_folder("data", n=6)
     root = tmp_path / "grid"

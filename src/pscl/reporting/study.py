@@ -22,26 +22,32 @@ from pscl.reporting.stats import format_mean_std, mean_std
 
 
 def snapshot_rows(records: Sequence[dict[str, Any]], order: Callable[[str], Any] = str) -> list[dict[str, Any]]:
-    """One row per (method, snapshot epoch) over the rounds.
+    """One row per (method, pretraining steps) over the rounds.
+
+    Points are pooled by optimiser steps, the length the curve is drawn against: the same amount of
+    pretraining whatever the epoch a round counted (a step snapshot written after a resume by
+    pscl before 2026-12-07 says one epoch less). ``epoch`` is the one epoch of the pooled points,
+    or ``"a–b"`` when they differ.
 
     ``records``: ``{"method", "label_seed", "snapshots": [{"epoch", "steps", "test": {...}, "probe"?: {...}}]}``.
     """
     pooled: dict[tuple[str, int], dict[str, list[float]]] = {}
     for record in records:
         for point in record.get("snapshots") or []:
-            slot = pooled.setdefault((record["method"], int(point["epoch"])),
-                                     {"steps": [], "dice": [], "probe": [], "floor": [], "seeds": []})
-            slot["steps"].append(float(point["steps"]))
+            slot = pooled.setdefault((record["method"], int(point["steps"])),
+                                     {"epochs": [], "dice": [], "probe": [], "floor": [], "seeds": []})
+            slot["epochs"].append(int(point["epoch"]))
             slot["dice"].append(float(point["test"]["dice"]))
             slot["seeds"].append(record["label_seed"])
             if "probe" in point:
                 slot["probe"].append(float(point["probe"]["dice"]))
                 slot["floor"].append(float(point["probe"]["random_init"]["dice"]))
     rows = []
-    for (method, epoch), slot in sorted(pooled.items(), key=lambda kv: (order(kv[0][0]), kv[0][1])):
+    for (method, steps), slot in sorted(pooled.items(), key=lambda kv: (order(kv[0][0]), kv[0][1])):
         dice_mean, dice_std = mean_std(slot["dice"])
         probe_mean, probe_std = mean_std(slot["probe"])
-        rows.append({"method": method, "epoch": epoch, "steps": round(statistics.fmean(slot["steps"])),
+        low, high = min(slot["epochs"]), max(slot["epochs"])
+        rows.append({"method": method, "epoch": low if low == high else f"{low}–{high}", "steps": steps,
                      "rounds": len(slot["dice"]), "label_seeds": sorted(slot["seeds"]),
                      "dice_mean": dice_mean, "dice_std": dice_std, "probe_mean": probe_mean, "probe_std": probe_std,
                      "floor_mean": mean_std(slot["floor"])[0]})
